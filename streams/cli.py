@@ -1,0 +1,59 @@
+"""The ``hashatlas`` command: one entry point for the stack, the pipeline, the API and the tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from streams.settings import get_settings
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from streams import localstack
+
+    settings = get_settings()
+    try:
+        if args.action == "up":
+            localstack.stack_up(settings, with_prometheus=args.prometheus)
+        elif args.action == "down":
+            localstack.stack_down(settings)
+        elif args.action == "status":
+            status = localstack.stack_status(settings)
+            print(json.dumps(status, indent=2))
+            return 0 if all(entry["answering"] for entry in status.values()) else 1
+        elif args.action == "topics":
+            import asyncio
+
+            created = asyncio.run(localstack.create_topics(settings))
+            print("created: " + (", ".join(created) or "nothing (all present)"))
+    except localstack.StackError as exc:
+        print(f"hashatlas stack {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashatlas",
+        description="Real-time estimates of Bitcoin hashrate and electricity by region.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="run the local Kafka + Redis stack")
+    stack.add_argument("action", choices=["up", "down", "status", "topics"])
+    stack.add_argument("--prometheus", action="store_true", help="also install Prometheus")
+    stack.set_defaults(func=_stack)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

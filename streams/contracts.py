@@ -1,0 +1,318 @@
+"""The event contracts of CONTRACTS.md as typed models.
+
+Inputs are validated strictly enough that whatever passes can be credited without further checks;
+whatever fails raises :class:`InvalidEvent` naming the field, so the pipeline can dead-letter it
+with a reason a feed operator can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+REGION_PATTERN = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX_BITS = re.compile(r"^[0-9a-f]{8}$")
+HEX_ANY = re.compile(r"^(?:[0-9a-f]{2})*$")
+MAX_LABEL_LENGTH = 64
+MAX_COINBASE_HEX = 200_000
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class InvalidEvent(ValueError):
+    """An input that cannot be used; ``field`` names what was wrong (``"$"`` for the whole)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _normalise_region(value: object) -> object:
+    if isinstance(value, str):
+        code = value.strip().upper()
+        if not REGION_PATTERN.match(code):
+            raise ValueError("must be an ISO 3166-1 alpha-2 or ISO 3166-2 code, or ZZ")
+        return code
+    return value
+
+
+def _label(value: object) -> object:
+    if isinstance(value, str):
+        if not value or len(value) > MAX_LABEL_LENGTH:
+            raise ValueError(f"must be 1 to {MAX_LABEL_LENGTH} characters")
+        if not value.isprintable():
+            raise ValueError("must not contain control characters")
+    return value
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ShareEvent(_Event):
+    """One accepted (or rejected) share at the difficulty the pool assigned."""
+
+    type: Literal["share"]
+    ts: FiniteFloat = Field(gt=0)
+    pool: str
+    worker: str | None = None
+    region: str | None = None
+    ip: str | None = None
+    difficulty: FiniteFloat = Field(gt=0)
+    accepted: StrictBool = True
+    id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_label(cls, value: str) -> object:
+        return _label(value)
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_code(cls, value: object) -> object:
+        return _normalise_region(value)
+
+    @model_validator(mode="after")
+    def _located(self) -> ShareEvent:
+        if self.region is None and self.ip is None:
+            raise ValueError("region: either region or ip is required")
+        return self
+
+
+class ShareBatchEvent(_Event):
+    """Shares a proxy already summed per pool, region and interval (the fast path)."""
+
+    type: Literal["share_batch"]
+    start: FiniteFloat = Field(gt=0)
+    end: FiniteFloat = Field(gt=0)
+    pool: str
+    region: str
+    count: int = Field(ge=0, strict=True)
+    difficulty_sum: FiniteFloat = Field(ge=0)
+    difficulty_sq_sum: FiniteFloat = Field(ge=0)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_label(cls, value: str) -> object:
+        return _label(value)
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_code(cls, value: object) -> object:
+        return _normalise_region(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShareBatchEvent:
+        if self.end < self.start:
+            raise ValueError("end: must not be before start")
+        if self.count == 0:
+            if self.difficulty_sum or self.difficulty_sq_sum:
+                raise ValueError("difficulty_sum: must be 0 when count is 0")
+            return self
+        if self.difficulty_sum <= 0:
+            raise ValueError("difficulty_sum: must be positive when count > 0")
+        # Positive difficulties bound the sum of squares: S^2/n <= Q <= S^2.
+        s, q = self.difficulty_sum, self.difficulty_sq_sum
+        if q < s * s / self.count * (1 - 1e-9) or q > s * s * (1 + 1e-9):
+            raise ValueError(
+                "difficulty_sq_sum: inconsistent with count and difficulty_sum "
+                "(need difficulty_sum²/count ≤ difficulty_sq_sum ≤ difficulty_sum²)"
+            )
+        return self
+
+
+class BlockEvent(_Event):
+    """One block of the best chain; a later one at the same height replaces it (reorg)."""
+
+    type: Literal["block"]
+    height: int = Field(ge=0, strict=True)
+    hash: str
+    prev_hash: str | None = None
+    time: int = Field(gt=0)
+    bits: str
+    coinbase_hex: str | None = Field(default=None, max_length=MAX_COINBASE_HEX)
+    coinbase_value_sat: int | None = Field(default=None, ge=0)
+    pool: str | None = None
+
+    @field_validator("hash", "prev_hash", mode="before")
+    @classmethod
+    def _hex64(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.lower()
+            if not HEX64.match(value):
+                raise ValueError("must be 64 hex digits")
+        return value
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def _bits(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.lower()
+            if not HEX_BITS.match(value):
+                raise ValueError("must be 8 hex digits (compact target)")
+        return value
+
+    @field_validator("coinbase_hex", mode="before")
+    @classmethod
+    def _hex(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.lower()
+            if not HEX_ANY.match(value):
+                raise ValueError("must be an even number of hex digits")
+        return value
+
+
+class PriceEvent(_Event):
+    """A BTC/USD price observation, for hashprice."""
+
+    type: Literal["price"]
+    ts: FiniteFloat = Field(gt=0)
+    btc_usd: FiniteFloat = Field(gt=0)
+    source: str | None = None
+
+
+InputEvent = Annotated[
+    ShareEvent | ShareBatchEvent | BlockEvent | PriceEvent, Field(discriminator="type")
+]
+_input_adapter: TypeAdapter[ShareEvent | ShareBatchEvent | BlockEvent | PriceEvent] = TypeAdapter(
+    InputEvent
+)
+
+
+def _field_and_reason(error: dict[str, Any]) -> tuple[str, str]:
+    loc = [str(part) for part in error.get("loc", ()) if part not in INPUT_TAGS]
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    # Model-level checks name their field at the start of the message ("end: ...").
+    if not loc and ": " in message:
+        field, message = message.split(": ", 1)
+        return field, message
+    return ".".join(loc) or "$", message
+
+
+INPUT_TAGS = frozenset({"share", "share_batch", "block", "price"})
+
+
+def decode_input(raw: bytes | str | dict[str, Any]) -> ShareEvent | ShareBatchEvent | BlockEvent | PriceEvent:
+    """Parse and validate one input message; raise :class:`InvalidEvent` naming the bad field."""
+    if isinstance(raw, dict):
+        payload: Any = raw
+    else:
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent("$", f"not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise InvalidEvent("$", "must be a JSON object")
+    kind = payload.get("type")
+    if kind not in INPUT_TAGS:
+        raise InvalidEvent("type", f"unknown event type {str(kind)[:40]!r}")
+    try:
+        return _input_adapter.validate_python(payload)
+    except ValidationError as exc:
+        raise InvalidEvent(*_field_and_reason(dict(exc.errors()[0]))) from None
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+
+class PowerBand(BaseModel):
+    """Lower / best / upper, as CBECI bands them (W or TWh/yr)."""
+
+    lower: float
+    best: float
+    upper: float
+
+
+class NetworkEntry(BaseModel):
+    hashrate_hs: float | None
+    hashrate_ci95_hs: tuple[float, float] | None
+    source: str
+    sources: list[str] = Field(default_factory=list)
+    coverage: float | None
+    coverage_ci95: tuple[float, float] | None = None
+    sample_hashrate_hs: float
+    power_w: PowerBand | None
+    annualized_twh: PowerBand | None
+    hashprice_usd_ph_day: float | None
+    block_hashrate_hs: float | None = None
+    block_hashrate_ci95_hs: tuple[float, float] | None = None
+    blocks_seen: int = 0
+
+
+class RegionEntry(BaseModel):
+    region: str
+    name: str
+    share: float
+    share_ci95: tuple[float, float]
+    hashrate_hs: float | None
+    hashrate_ci95_hs: tuple[float, float] | None
+    sample_hashrate_hs: float
+    power_w: PowerBand | None
+    annualized_twh: PowerBand | None
+    electricity_usd_kwh: float
+    subdivisions: list[str] = Field(default_factory=list)
+
+
+class EstimateSnapshot(BaseModel):
+    """What ``GET /v1/estimates/current`` returns and what the ``estimates`` topic carries."""
+
+    type: Literal["estimate"] = "estimate"
+    as_of: float
+    published_at: float
+    window_s: float
+    stale: bool
+    network: NetworkEntry
+    regions: list[RegionEntry]
+
+
+class RegionalShiftAlert(BaseModel):
+    type: Literal["regional_shift"] = "regional_shift"
+    id: str
+    region: str
+    direction: Literal["up", "down"]
+    detected_at: float
+    started_at: float
+    share_before: float
+    share_after: float
+    magnitude_pp: float
+    relative_change: float
+    score: float
+    state: Literal["firing", "resolved"]
+
+
+class DeadLetter(BaseModel):
+    """An input that could not be used, with where it came from and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    field: str
+    raw_b64: str
+
+    @classmethod
+    def of(cls, topic: str, partition: int, offset: int, error: InvalidEvent, raw: bytes) -> DeadLetter:
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            error=str(error),
+            field=error.field,
+            raw_b64=base64.b64encode(raw).decode("ascii"),
+        )
+

@@ -1,0 +1,112 @@
+"""One typed settings object for every hashatlas process, read from ``HASHATLAS_*`` variables.
+
+Nested values use a double underscore, e.g. ``HASHATLAS_TOPICS__SHARES=shares-v1``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Topics(BaseModel):
+    """Kafka topic names (CONTRACTS.md defaults)."""
+
+    shares: str = "shares"
+    blocks: str = "blocks"
+    market: str = "market"
+    estimates: str = "estimates"
+    alerts: str = "alerts"
+    dead_letter: str = "dead-letter"
+    compacted_shares: str = "share-batches"
+
+
+class Partitions(BaseModel):
+    """Partition counts used when the stack creates topics; shares bound worker parallelism."""
+
+    shares: int = Field(default=4, ge=1)
+    compacted_shares: int = Field(default=4, ge=1)
+    blocks: int = Field(default=1, ge=1)
+    market: int = Field(default=1, ge=1)
+    estimates: int = Field(default=1, ge=1)
+    alerts: int = Field(default=1, ge=1)
+    dead_letter: int = Field(default=1, ge=1)
+
+
+class Settings(BaseSettings):
+    """Every tunable of the stack, the pipeline and the API, with defaults a user can rely on."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HASHATLAS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int = 9093
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "hashatlas"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    worker_web_port: int = 6066
+    metrics_port_base: int = 9110
+
+    topics: Topics = Topics()
+    partitions: Partitions = Partitions()
+    app_id: str = "hashatlas"
+
+    windows_s: list[float] = Field(default=[60.0, 300.0, 900.0, 3600.0, 86400.0])
+    headline_window_s: float = 300.0
+    allowed_lateness_s: float = Field(default=60.0, ge=0.0)
+    snapshot_interval_s: float = Field(default=1.0, gt=0.0)
+    stale_after_s: float = Field(default=30.0, gt=0.0)
+    history_step_s: float = Field(default=60.0, gt=0.0)
+    history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
+    compact_interval_s: float = Field(default=1.0, gt=0.0)
+    max_message_bytes: int = Field(default=1_000_000, gt=0)
+
+    electricity_method: str = "1.4.0"
+    electricity_prices_file: Path | None = None
+    hardware_file: Path | None = None
+    suspect_regions: dict[str, str | None] = Field(default_factory=dict)
+
+    state_dir: Path = PROJECT_ROOT / ".stack"
+    kafka_version: str = "4.1.1"
+    log4j_version: str = "2.26.1"
+    stack_start_timeout_s: float = Field(default=90.0, gt=0.0)
+
+    @field_validator("windows_s")
+    @classmethod
+    def _windows_positive(cls, windows: list[float]) -> list[float]:
+        if not windows or any(w <= 0 for w in windows):
+            raise ValueError("windows_s must be a non-empty list of positive seconds")
+        return sorted(windows)
+
+    @field_validator("electricity_method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in ("1.4.0", "1.2.0"):
+            raise ValueError("electricity_method must be '1.4.0' or '1.2.0'")
+        return method
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        """Host and port of ``redis_url``, for the local stack that starts Redis itself."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self.redis_url)
+        return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
