@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from streams.commands import blocks as blocks_command
+from streams.commands import cbeci as cbeci_command
 from streams.settings import get_settings
 
 
@@ -34,6 +36,16 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compactor(args: argparse.Namespace) -> int:
+    from streams.compactor import run_compactor
+    from streams.metrics import serve_metrics
+
+    settings = get_settings()
+    serve_metrics(settings.metrics_port_base if args.metrics_port is None else args.metrics_port)
+    run_compactor(settings, args.instance)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hashatlas",
@@ -45,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status", "topics"])
     stack.add_argument("--prometheus", action="store_true", help="also install Prometheus")
     stack.set_defaults(func=_stack)
+
+    compactor = sub.add_parser("compactor", help="sum single shares into share_batch events")
+    compactor.add_argument("--instance", help="stable id for the transactional producer")
+    compactor.add_argument("--metrics-port", type=int, default=None,
+                           help="Prometheus port (default: metrics_port_base; 0 disables)")
+    compactor.set_defaults(func=_compactor)
+
+    for module in (blocks_command, cbeci_command):
+        module.add_parser(sub)
     return parser
 
 

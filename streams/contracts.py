@@ -207,7 +207,10 @@ def _field_and_reason(error: dict[str, Any]) -> tuple[str, str]:
 INPUT_TAGS = frozenset({"share", "share_batch", "block", "price"})
 
 
-def decode_input(raw: bytes | str | dict[str, Any]) -> ShareEvent | ShareBatchEvent | BlockEvent | PriceEvent:
+InputEventT = ShareEvent | ShareBatchEvent | BlockEvent | PriceEvent
+
+
+def decode_input(raw: bytes | str | dict[str, Any]) -> InputEventT:
     """Parse and validate one input message; raise :class:`InvalidEvent` naming the bad field."""
     if isinstance(raw, dict):
         payload: Any = raw
@@ -306,7 +309,9 @@ class DeadLetter(BaseModel):
     raw_b64: str
 
     @classmethod
-    def of(cls, topic: str, partition: int, offset: int, error: InvalidEvent, raw: bytes) -> DeadLetter:
+    def of(
+        cls, topic: str, partition: int, offset: int, error: InvalidEvent, raw: bytes
+    ) -> DeadLetter:
         return cls(
             topic=topic,
             partition=partition,

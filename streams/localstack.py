@@ -119,7 +119,7 @@ def ensure_kafka(settings: Settings) -> Path:
     if marker.exists():
         return libs
     if shutil.which("java") is None:
-        raise StackError("java not found: Kafka needs Java 17 or later (apt-get install openjdk-17-jre)")
+        raise StackError("java not found: Kafka needs Java 17 or later (openjdk-17-jre)")
     if shutil.which("mvn") is None:
         apt_install(["maven"])
     _log(f"fetching Kafka {settings.kafka_version} from Maven Central into {libs}")
@@ -254,7 +254,8 @@ def start_kafka(settings: Settings) -> None:
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
-            raise StackError(f"kafka storage format failed:\n{(result.stdout + result.stderr)[-2000:]}")
+            output = (result.stdout + result.stderr)[-2000:]
+            raise StackError(f"kafka storage format failed:\n{output}")
     proc = _spawn(service, settings, [
         java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true", *log_opts,
         "-cp", classpath, "kafka.Kafka", str(config),

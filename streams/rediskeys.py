@@ -8,7 +8,7 @@ reader never sees a snapshot from one second and region entries from another.
 | ``{p}:snapshot`` | hash | ``json`` (the full snapshot), ``etag``, ``as_of``, ``published_at`` |
 | ``{p}:region:{code}`` | string | one region's entry as JSON (same transaction as the snapshot) |
 | ``{p}:regions`` | set | region codes present in the current snapshot |
-| ``{p}:history:{series}`` | sorted set | history points (score = t) for ``network`` or a region code |
+| ``{p}:history:{series}`` | sorted set | history points (score = t), ``network`` or a region |
 | ``{p}:blocks`` | sorted set | recent blocks as JSON (score = height) |
 | ``{p}:alerts`` | sorted set | alerts as JSON (score = time of the state change) |
 | ``{p}:events`` | pub/sub channel | ``{"event": "estimate"|"alert", "data": {...}}`` for SSE |

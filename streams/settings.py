@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,13 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "hashatlas"
     api_host: str = "127.0.0.1"
@@ -61,6 +68,11 @@ class Settings(BaseSettings):
     windows_s: list[float] = Field(default=[60.0, 300.0, 900.0, 3600.0, 86400.0])
     headline_window_s: float = 300.0
     allowed_lateness_s: float = Field(default=60.0, ge=0.0)
+    fine_bucket_s: float = Field(default=10.0, gt=0.0)
+    coarse_bucket_s: float = Field(default=300.0, gt=0.0)
+    dedup_capacity: int = Field(default=200_000, ge=0)
+    checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
+    settle_s: float = Field(default=2.0, ge=0.0)
     snapshot_interval_s: float = Field(default=1.0, gt=0.0)
     stale_after_s: float = Field(default=30.0, gt=0.0)
     history_step_s: float = Field(default=60.0, gt=0.0)

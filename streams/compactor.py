@@ -1,0 +1,339 @@
+"""The share compactor: single ``share`` events in, ``share_batch`` events out, exactly once.
+
+A plain aiokafka consumer (no Faust bookkeeping per message) reads the ``shares`` topic, sums
+single shares per (pool, region, fine bucket) with numpy and writes the totals to the internal
+``share-batches`` topic that the Faust workers read. ``share_batch`` events pass through after
+validation; unusable input goes to ``dead-letter`` with the reason.
+
+Each flush is one Kafka transaction holding the batches, the dead letters and the consumed
+offsets, so a compactor killed at any point neither loses nor repeats a share: the workers read
+``share-batches`` with ``read_committed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from streams.contracts import DeadLetter, InvalidEvent, ShareBatchEvent, ShareEvent, decode_input
+from streams.core.compaction import summarise_shares
+from streams.core.regions import normalise_region
+from streams.kafka import client_options
+from streams.metrics import (
+    EVENT_TIME_LAG,
+    EVENTS_CONSUMED,
+    EVENTS_DEAD_LETTERED,
+    SHARE_BATCHES_EMITTED,
+    SHARES,
+)
+from streams.settings import Settings
+
+log = logging.getLogger("hashatlas.compactor")
+
+_NUMBER = (int, float)
+
+
+class RecentIds:
+    """Bounded memory of recent share ids, so a share resent by a proxy is credited once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def seen(self, share_id: str) -> bool:
+        """True if the id was seen before; remembers it otherwise."""
+        if share_id in self._ids:
+            return True
+        self._ids[share_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return False
+
+
+@dataclass
+class PendingFlush:
+    """What has been read since the last transaction."""
+
+    key_ids: list[int] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    difficulty: list[float] = field(default_factory=list)
+    passthrough: list[bytes] = field(default_factory=list)
+    passthrough_keys: list[bytes] = field(default_factory=list)
+    dead_letters: list[bytes] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    newest_event_ts: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ts) + len(self.passthrough) + len(self.dead_letters)
+
+
+class ShareCompactor:
+    """Consume ``shares``, sum single shares, produce ``share_batch`` totals transactionally."""
+
+    def __init__(self, settings: Settings, instance: str | None = None) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.group_id = f"{settings.app_id}-compactor"
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.bucket_s = settings.fine_bucket_s
+        self.pending = PendingFlush()
+        self._keys: dict[tuple[str, str], int] = {}
+        self._key_list: list[tuple[str, str]] = []
+        self._regions: dict[str, str | None] = {}
+        self._ids = RecentIds(settings.dedup_capacity)
+        self._stopping = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    # ---- decoding (hot path) ---------------------------------------------------------------
+
+    def _region(self, raw: str) -> str | None:
+        """Validated region code for a raw label, cached (labels repeat millions of times)."""
+        code = self._regions.get(raw)
+        if code is None and raw not in self._regions:
+            try:
+                code = normalise_region(raw)
+            except ValueError:
+                code = None
+            if len(self._regions) < 100_000:
+                self._regions[raw] = code
+        return code
+
+    def _key_id(self, pool: str, region: str) -> int:
+        key = (pool, region)
+        key_id = self._keys.get(key)
+        if key_id is None:
+            key_id = len(self._key_list)
+            self._keys[key] = key_id
+            self._key_list.append(key)
+        return key_id
+
+    def ingest(self, raw: bytes | None, topic: str, partition: int, offset: int) -> None:
+        """Take one message from ``shares``: credit it, pass it through, or dead-letter it."""
+        pending = self.pending
+        payload: Any = None
+        if raw is not None and len(raw) <= self.settings.max_message_bytes:
+            try:
+                payload = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                payload = None
+        # Fast path: a plain accepted share with a known region and no id.
+        if type(payload) is dict and payload.get("type") == "share":
+            ts: Any = payload.get("ts")
+            diff: Any = payload.get("difficulty")
+            pool: Any = payload.get("pool")
+            region_raw: Any = payload.get("region")
+            if (
+                type(ts) in _NUMBER and type(diff) in _NUMBER and type(pool) is str
+                and type(region_raw) is str and payload.get("id") is None
+                and payload.get("accepted", True) is True
+                and 0 < ts < math.inf and 0 < diff < math.inf and 0 < len(pool) <= 64
+                and pool.isprintable()
+            ):
+                region = self._region(region_raw)
+                if region is not None:
+                    pending.key_ids.append(self._key_id(pool, region))
+                    pending.ts.append(float(ts))
+                    pending.difficulty.append(float(diff))
+                    if ts > pending.newest_event_ts:
+                        pending.newest_event_ts = ts
+                    return
+        self._ingest_slow(raw, topic, partition, offset)
+
+    def _ingest_slow(self, raw: bytes | None, topic: str, partition: int, offset: int) -> None:
+        raw_bytes = raw or b""
+        try:
+            if raw is None:
+                raise InvalidEvent("$", "empty message (no value)")
+            if len(raw) > self.settings.max_message_bytes:
+                raise InvalidEvent(
+                    "$", f"message of {len(raw)} bytes exceeds {self.settings.max_message_bytes}"
+                )
+            event = decode_input(raw)
+            if isinstance(event, ShareEvent):
+                self._credit_share(event)
+            elif isinstance(event, ShareBatchEvent):
+                self._pass_batch(event)
+            else:
+                raise InvalidEvent(
+                    "type", f"{event.type} events belong on their own topic, not {topic!r}"
+                )
+        except InvalidEvent as error:
+            self.pending.dead_letters.append(
+                DeadLetter.of(topic, partition, offset, error, raw_bytes).model_dump_json().encode()
+            )
+            EVENTS_DEAD_LETTERED.labels(topic).inc()
+
+    def _credit_share(self, event: ShareEvent) -> None:
+        if not event.accepted:
+            SHARES.labels("rejected").inc()
+            return
+        if event.id is not None and self._ids.seen(f"{event.pool}\x00{event.id}"):
+            SHARES.labels("duplicate").inc()
+            return
+        region = self._located_region(event)
+        pending = self.pending
+        pending.key_ids.append(self._key_id(event.pool, region))
+        pending.ts.append(event.ts)
+        pending.difficulty.append(event.difficulty)
+        pending.newest_event_ts = max(pending.newest_event_ts, event.ts)
+
+    def _located_region(self, event: ShareEvent) -> str:
+        if event.region is not None:
+            region = self._region(event.region)
+            if region is None:
+                raise InvalidEvent("region", f"unknown ISO 3166 code {event.region!r}")
+            return region
+        import iptocc
+
+        try:
+            country = iptocc.country_code(event.ip or "")
+        except Exception:  # iptocc raises on malformed addresses
+            raise InvalidEvent("ip", "not an IPv4 or IPv6 address") from None
+        return country or "ZZ"
+
+    def _pass_batch(self, event: ShareBatchEvent) -> None:
+        region = self._region(event.region)
+        if region is None:
+            raise InvalidEvent("region", f"unknown ISO 3166 code {event.region!r}")
+        body = event.model_dump(mode="json")
+        body["region"] = region
+        self.pending.passthrough.append(orjson.dumps(body))
+        self.pending.passthrough_keys.append(event.pool.encode())
+        self.pending.newest_event_ts = max(self.pending.newest_event_ts, event.end)
+
+    # ---- flushing ---------------------------------------------------------------------------
+
+    def encoded_batches(self) -> list[tuple[bytes, bytes]]:
+        """The pending single shares as (key, share_batch JSON) pairs."""
+        pending = self.pending
+        totals = summarise_shares(pending.key_ids, pending.ts, pending.difficulty, self.bucket_s)
+        out: list[tuple[bytes, bytes]] = []
+        keys = self._key_list
+        for i in range(len(totals)):
+            pool, region = keys[int(totals.key_ids[i])]
+            count = int(totals.count[i])
+            SHARES.labels("credited").inc(count)
+            out.append((pool.encode(), orjson.dumps({
+                "type": "share_batch", "pool": pool, "region": region,
+                "start": float(totals.start[i]), "end": float(totals.end[i]), "count": count,
+                "difficulty_sum": float(totals.difficulty_sum[i]),
+                "difficulty_sq_sum": float(totals.difficulty_sq_sum[i]),
+            })))
+        return out
+
+    async def flush(self) -> None:
+        """Send everything pending and the consumed offsets in one transaction."""
+        pending = self.pending
+        if not pending.offsets:
+            return
+        assert self.producer is not None
+        batches = self.encoded_batches()
+        batches.extend(zip(pending.passthrough_keys, pending.passthrough, strict=True))
+        async with self.producer.transaction():
+            for key, value in batches:
+                await self.producer.send(self.topics.compacted_shares, value=value, key=key)
+            for value in pending.dead_letters:
+                await self.producer.send(self.topics.dead_letter, value=value)
+            await self.producer.send_offsets_to_transaction(
+                {tp: offset + 1 for tp, offset in pending.offsets.items()}, self.group_id
+            )
+        SHARE_BATCHES_EMITTED.inc(len(batches))
+        if pending.newest_event_ts:
+            EVENT_TIME_LAG.labels(self.topics.shares).set(time.time() - pending.newest_event_ts)
+        self.pending = PendingFlush()
+
+    # ---- running ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        options = client_options(self.settings)
+        self.producer = AIOKafkaProducer(
+            **options,
+            transactional_id=f"{self.settings.app_id}-compactor-{self.instance}",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=4_194_304,
+        )
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            **options,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8_388_608,
+            fetch_max_bytes=67_108_864,
+        )
+        self.consumer.subscribe([self.topics.shares], listener=_FlushOnRevoke(self))
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, max_idle_s: float | None = None) -> None:
+        """Consume until stopped (or idle for ``max_idle_s``, for benchmarks and tests)."""
+        await self.start()
+        assert self.consumer is not None and self.producer is not None
+        last_flush = time.monotonic()
+        last_data = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                records = await self.consumer.getmany(timeout_ms=100, max_records=100_000)
+                for tp, messages in records.items():
+                    ingest = self.ingest
+                    topic, partition = tp.topic, tp.partition
+                    for message in messages:
+                        ingest(message.value, topic, partition, message.offset)
+                    if messages:
+                        self.pending.offsets[tp] = messages[-1].offset
+                        EVENTS_CONSUMED.labels(topic).inc(len(messages))
+                        last_data = time.monotonic()
+                now = time.monotonic()
+                due = now - last_flush >= self.settings.compact_interval_s
+                if due or len(self.pending) > 500_000:
+                    await self.flush()
+                    last_flush = now
+                if max_idle_s is not None and now - last_data > max_idle_s:
+                    break
+            await self.flush()
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):
+    """Commit what is pending before partitions move to another compactor."""
+
+    def __init__(self, compactor: ShareCompactor) -> None:
+        self.compactor = compactor
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self.compactor.producer is not None and self.compactor.pending.offsets:
+            await self.compactor.flush()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+
+def run_compactor(settings: Settings, instance: str | None = None) -> None:
+    """Run until SIGINT/SIGTERM, flushing what is pending on the way out."""
+    compactor = ShareCompactor(settings, instance)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(compactor.stop()))
+        await compactor.run()
+
+    asyncio.run(main())

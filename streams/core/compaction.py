@@ -1,0 +1,58 @@
+"""Summing single shares into ``share_batch`` totals, vectorised.
+
+A Faust agent pays ~140 µs of bookkeeping per message, so single shares are summed per
+(pool, region, time bucket) before they reach it. Buckets are aligned to the share windows' fine
+buckets, and each batch spans only the first to the last share it holds, so a batch lands in
+exactly the bucket its shares would have: the estimate is the same as from the shares themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class ShareTotals:
+    """Per-group totals: ``key_ids[i]`` summed over ``[start[i], end[i]]``."""
+
+    key_ids: npt.NDArray[np.int64]
+    start: npt.NDArray[np.float64]
+    end: npt.NDArray[np.float64]
+    count: npt.NDArray[np.int64]
+    difficulty_sum: npt.NDArray[np.float64]
+    difficulty_sq_sum: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return int(self.key_ids.size)
+
+
+def summarise_shares(
+    key_ids: npt.ArrayLike, ts: npt.ArrayLike, difficulty: npt.ArrayLike, bucket_s: float
+) -> ShareTotals:
+    """Group shares by (key, bucket of ``bucket_s`` seconds) and sum count, Σd and Σd²."""
+    keys = np.asarray(key_ids, dtype=np.int64)
+    times = np.asarray(ts, dtype=np.float64)
+    diffs = np.asarray(difficulty, dtype=np.float64)
+    if not keys.size:
+        empty_f = np.empty(0, dtype=np.float64)
+        empty_i = np.empty(0, dtype=np.int64)
+        return ShareTotals(empty_i, empty_f, empty_f, empty_i, empty_f, empty_f)
+    buckets = np.floor(times / bucket_s).astype(np.int64)
+    order = np.lexsort((buckets, keys))
+    keys, buckets, times, diffs = keys[order], buckets[order], times[order], diffs[order]
+    boundary = np.empty(keys.size, dtype=bool)
+    boundary[0] = True
+    boundary[1:] = (keys[1:] != keys[:-1]) | (buckets[1:] != buckets[:-1])
+    starts = np.flatnonzero(boundary)
+    counts = np.diff(np.append(starts, keys.size))
+    return ShareTotals(
+        key_ids=keys[starts],
+        start=np.minimum.reduceat(times, starts),
+        end=np.maximum.reduceat(times, starts),
+        count=counts.astype(np.int64),
+        difficulty_sum=np.add.reduceat(diffs, starts),
+        difficulty_sq_sum=np.add.reduceat(diffs * diffs, starts),
+    )

@@ -1,0 +1,56 @@
+"""Pipeline health metrics (Prometheus), shared by the compactor and the workers.
+
+Labels stay low-cardinality: topic and outcome only; regions and pools appear in the API's domain
+gauges, where their number is capped.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_CONSUMED = Counter(
+    "hashatlas_events_consumed_total", "Input messages read from Kafka", ["topic"]
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "hashatlas_events_dead_lettered_total",
+    "Input messages that could not be used and went to the dead-letter topic",
+    ["topic"],
+)
+SHARES = Counter(
+    "hashatlas_shares_total",
+    "Shares seen, by what happened to them (credited, rejected, duplicate, late)",
+    ["outcome"],
+)
+SHARE_BATCHES_EMITTED = Counter(
+    "hashatlas_share_batches_emitted_total", "share_batch messages the compactor produced"
+)
+EVENT_TIME_LAG = Gauge(
+    "hashatlas_processing_lag_seconds",
+    "Wall-clock time minus the event time of the newest event processed",
+    ["topic"],
+)
+CONSUMER_LAG = Gauge(
+    "hashatlas_consumer_lag_messages",
+    "Messages behind the end of the topic, over the partitions this process owns",
+    ["topic"],
+)
+SNAPSHOTS_PUBLISHED = Counter(
+    "hashatlas_snapshots_published_total", "Estimate snapshots written to Redis and Kafka"
+)
+SNAPSHOT_PUBLISH_SECONDS = Histogram(
+    "hashatlas_snapshot_publish_duration_seconds",
+    "Time to build and publish one snapshot",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+ALERTS_PUBLISHED = Counter(
+    "hashatlas_alerts_published_total", "Regional shift alert state changes", ["state"]
+)
+CHECKPOINTS = Counter(
+    "hashatlas_checkpoints_total", "Partition state checkpoints written to the changelog"
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose this process's metrics on ``port`` (0 disables)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")
