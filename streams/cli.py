@@ -46,6 +46,17 @@ def _compactor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from streams.app import run_worker
+    from streams.metrics import serve_metrics
+
+    settings = get_settings()
+    serve_metrics(settings.metrics_port_base + 1 if args.metrics_port is None
+                  else args.metrics_port)
+    run_worker(settings, args.loglevel)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hashatlas",
@@ -63,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     compactor.add_argument("--metrics-port", type=int, default=None,
                            help="Prometheus port (default: metrics_port_base; 0 disables)")
     compactor.set_defaults(func=_compactor)
+
+    worker = sub.add_parser("worker", help="run one Faust worker (any number may run)")
+    worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info",
+                                                                "debug"])
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="Prometheus port (default: metrics_port_base + 1; 0 disables)")
+    worker.set_defaults(func=_worker)
 
     for module in (blocks_command, cbeci_command):
         module.add_parser(sub)

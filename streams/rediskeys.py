@@ -12,8 +12,10 @@ reader never sees a snapshot from one second and region entries from another.
 | ``{p}:blocks`` | sorted set | recent blocks as JSON (score = height) |
 | ``{p}:alerts`` | sorted set | alerts as JSON (score = time of the state change) |
 | ``{p}:events`` | pub/sub channel | ``{"event": "estimate"|"alert", "data": {...}}`` for SSE |
-| ``{p}:checkpoint:{partition}`` | string | a worker's checkpoint for one shares partition |
 | ``{p}:partial:{partition}`` | string | a partition's partial aggregates for the snapshot leader |
+| ``{p}:partial:blocks`` / ``{p}:partial:market`` | string | chain summary / latest price |
+| ``{p}:clock`` | string | newest event time merged by the leader (workers evaluate there) |
+| ``{p}:leader`` | string | the snapshot leader's own state (shift detector, last step) |
 """
 
 from __future__ import annotations
@@ -55,11 +57,16 @@ class RedisKeys:
     def events_channel(self) -> str:
         return f"{self.prefix}:events"
 
-    def checkpoint(self, partition: int) -> str:
-        return f"{self.prefix}:checkpoint:{partition}"
-
-    def partial(self, partition: int) -> str:
+    def partial(self, partition: int | str) -> str:
         return f"{self.prefix}:partial:{partition}"
+
+    @property
+    def clock(self) -> str:
+        return f"{self.prefix}:clock"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}:leader"
 
 
 SNAPSHOT_FIELDS = ("json", "etag", "as_of", "published_at")

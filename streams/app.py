@@ -1,0 +1,301 @@
+"""The Faust worker: agents over ``share-batches``, ``blocks`` and ``market``, and the leader.
+
+Every agent runs the same checkpointed loop (see ``streams.pipeline_state``): take a batch of
+events without acknowledging them, apply those at or past the partition's ``next_offset``,
+and at the checkpoint interval write the partition's state to its changelog, flush, and only
+then acknowledge. Faust therefore never commits an offset the checkpoint does not cover.
+
+Each worker writes, for the partitions it owns, the window totals to Redis; the leader merges
+them (regional shares need every pool) and publishes the snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import faust
+import orjson
+import redis.asyncio as aioredis
+from faust.types import TP
+
+from streams.contracts import DeadLetter, InvalidEvent
+from streams.core.blocks import load_pool_directory
+from streams.core.electricity import Method, load_electricity_prices, load_hardware
+from streams.core.shares import ShareOutcome
+from streams.core.snapshot import EstimationConfig
+from streams.metrics import (
+    CHECKPOINTS,
+    EVENT_TIME_LAG,
+    EVENTS_CONSUMED,
+    EVENTS_DEAD_LETTERED,
+    SHARES,
+)
+from streams.pipeline_state import ChainPartition, MarketPartition, ShareBatchPartition
+from streams.publisher import SnapshotPublisher
+from streams.rediskeys import RedisKeys
+from streams.settings import Settings
+
+log = logging.getLogger("hashatlas.worker")
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+TAKE_MAX = 10_000
+TAKE_WITHIN_S = 0.2
+COVERAGE_BLOCKS = 2016
+RECENT_BLOCKS_KEPT = 2016
+
+
+class PartitionState(Protocol):
+    next_offset: int
+    unacked: list[Any]
+    last_checkpoint: float
+
+    def checkpoint(self) -> bytes: ...
+
+
+S = TypeVar("S", bound=PartitionState)
+
+
+class CheckpointedInput(Generic[S]):
+    """One input topic's per-partition states, their changelog table and the ack discipline."""
+
+    def __init__(self, app: faust.App, settings: Settings, topic: str, partitions: int,
+                 restore: Callable[[bytes | None], S], apply: Callable[[S, bytes | None], object]):
+        self.app = app
+        self.settings = settings
+        self.topic_name = topic
+        self.topic = app.topic(topic, key_serializer="raw", value_serializer="raw",
+                               partitions=partitions)
+        self.table = app.Table(f"{topic}-checkpoints", default=None, partitions=partitions,
+                               key_type=bytes, value_type=bytes)
+        self.restore = restore
+        self.apply = apply
+        self.states: dict[int, S] = {}
+        self.stream: Any = None
+        self.last_event_wall = 0.0
+
+    def owns(self, partition: int) -> bool:
+        return TP(self.topic_name, partition) in self.app.consumer.assignment()
+
+    def state(self, partition: int) -> S:
+        state = self.states.get(partition)
+        if state is None:
+            state = self.restore(self.table.data.get(str(partition).encode()))
+            self.states[partition] = state
+        return state
+
+    def restore_owned(self) -> None:
+        """Load the checkpoint of every owned partition, also those that receive nothing new."""
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        if self.app.in_recovery or not recovery.completed.is_set():
+            return  # tables are still being read back: a restore now would miss data
+        for tp in self.app.consumer.assignment():
+            if tp.topic == self.topic_name:
+                self.state(tp.partition)
+
+    def revoke(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            if tp.topic == self.topic_name:
+                self.states.pop(tp.partition, None)
+
+    async def process(self, events: list[Any]) -> None:
+        """Apply a batch, dead-letter what cannot be used, checkpoint when due."""
+        dead: list[bytes] = []
+        for event in events:
+            message = event.message
+            if not self.owns(message.partition):
+                continue  # revoked while buffered: its new owner applies it
+            state = self.state(message.partition)
+            if message.offset < state.next_offset:
+                await self.stream.ack(event)  # already inside the restored checkpoint
+                continue
+            try:
+                self.apply(state, message.value)
+            except InvalidEvent as error:
+                letter = DeadLetter.of(self.topic_name, message.partition, message.offset,
+                                       error, message.value or b"")
+                dead.append(letter.model_dump_json().encode())
+            state.next_offset = message.offset + 1
+            state.unacked.append(event)
+        if events:
+            EVENTS_CONSUMED.labels(self.topic_name).inc(len(events))
+            self.last_event_wall = time.time()
+        dead_letter_topic = self.settings.topics.dead_letter
+        for body in dead:
+            await self.app.producer.send(dead_letter_topic, None, body, None, None, None)
+        EVENTS_DEAD_LETTERED.labels(self.topic_name).inc(len(dead))
+        await self.checkpoint_due()
+
+    async def checkpoint_due(self, force: bool = False) -> None:
+        """Checkpoint states with unacknowledged events, then acknowledge those events."""
+        now = time.monotonic()
+        to_ack: list[Any] = []
+        for partition, state in list(self.states.items()):
+            if not state.unacked or not self.owns(partition):
+                continue
+            if not force and now - state.last_checkpoint < self.settings.checkpoint_interval_s:
+                continue
+            key = str(partition).encode()
+            value = state.checkpoint()
+            self.table.data[key] = value
+            self.table.send_changelog(partition, key, value)
+            to_ack.extend(state.unacked)
+            state.unacked = []
+            state.last_checkpoint = now
+            CHECKPOINTS.inc()
+        if to_ack:
+            await self.app.producer.flush()
+            for event in to_ack:
+                await self.stream.ack(event)
+
+
+def estimation_config(settings: Settings) -> EstimationConfig:
+    hardware = load_hardware(settings.hardware_file or DATA_DIR / "hardware.csv")
+    default_price, prices = load_electricity_prices(
+        settings.electricity_prices_file or DATA_DIR / "electricity_prices.yaml"
+    )
+    method: Method = "1.2.0" if settings.electricity_method == "1.2.0" else "1.4.0"
+    return EstimationConfig(
+        headline_window_s=settings.headline_window_s,
+        hardware=hardware,
+        default_price_usd_kwh=default_price,
+        prices_usd_kwh=prices,
+        method=method,
+        suspect_regions=settings.suspect_regions,
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The Faust app with its agents, timers and the snapshot leader."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions.compacted_shares,
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=16_777_216,
+        broker_commit_interval=1.0,
+        topic_allow_declare=True,
+    )
+    keys = RedisKeys(settings.redis_prefix)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    pools = load_pool_directory(DATA_DIR / "pools-v2.json")
+
+    def apply_share_batch(state: ShareBatchPartition, raw: bytes | None) -> ShareOutcome:
+        outcome = state.apply(raw)
+        SHARES.labels("credited" if outcome is ShareOutcome.CREDITED else "late").inc()
+        return outcome
+
+    shares = CheckpointedInput(
+        app, settings, settings.topics.compacted_shares, settings.partitions.compacted_shares,
+        lambda raw: ShareBatchPartition.restore(raw, settings), apply_share_batch,
+    )
+    chain_input = CheckpointedInput(
+        app, settings, settings.topics.blocks, settings.partitions.blocks,
+        lambda raw: ChainPartition.restore(raw, pools), ChainPartition.apply,
+    )
+    market_input = CheckpointedInput(
+        app, settings, settings.topics.market, settings.partitions.market,
+        MarketPartition.restore, MarketPartition.apply,
+    )
+    inputs: list[CheckpointedInput[Any]] = [shares, chain_input, market_input]
+
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs["revoked"]
+        for checkpointed in inputs:
+            checkpointed.revoke(revoked)
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    @app.agent(shares.topic)
+    async def share_batches(stream: Any) -> None:
+        shares.stream = stream
+        async for events in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN_S):
+            await shares.process(events)
+
+    @app.agent(chain_input.topic)
+    async def blocks(stream: Any) -> None:
+        chain_input.stream = stream
+        async for events in stream.noack_take(1000, within=TAKE_WITHIN_S):
+            await chain_input.process(events)
+
+    @app.agent(market_input.topic)
+    async def market(stream: Any) -> None:
+        market_input.stream = stream
+        async for events in stream.noack_take(1000, within=TAKE_WITHIN_S):
+            await market_input.process(events)
+
+    def write_chain(pipe: Any, state: ChainPartition) -> None:
+        """Replace the recent blocks and the chain summary (after new blocks or a restore)."""
+        recent = state.chain.blocks(RECENT_BLOCKS_KEPT)
+        pipe.delete(keys.blocks)
+        if recent:
+            pipe.zadd(keys.blocks, {orjson.dumps({
+                "height": b.height, "hash": b.hash, "time": b.time, "pool": b.pool,
+                "pool_slug": b.pool_slug, "difficulty": b.difficulty, "work": str(b.work),
+                "subsidy_sat": b.subsidy_sat, "fees_sat": b.fees_sat,
+            }): b.height for b in recent})
+            EVENT_TIME_LAG.labels(settings.topics.blocks).set(time.time() - recent[-1].time)
+        pipe.set(keys.partial("blocks"), orjson.dumps(state.summary(COVERAGE_BLOCKS)))
+
+    @app.timer(interval=settings.checkpoint_interval_s)
+    async def checkpoint_quiet_partitions() -> None:
+        for checkpointed in inputs:
+            if checkpointed.stream is not None:
+                await checkpointed.checkpoint_due()
+
+    @app.timer(interval=settings.snapshot_interval_s)
+    async def write_partials() -> None:
+        """Publish what this worker's partitions hold, for the leader to merge."""
+        for checkpointed in inputs:
+            checkpointed.restore_owned()
+        pipe = redis.pipeline(transaction=True)
+        for partition, chain in list(chain_input.states.items()):
+            if chain.changed and chain_input.owns(partition):
+                write_chain(pipe, chain)
+                chain.changed = False
+        for partition, price in list(market_input.states.items()):
+            if price.changed and market_input.owns(partition):
+                pipe.set(keys.partial("market"), orjson.dumps(
+                    {"btc_usd": price.btc_usd, "ts": price.ts, "source": price.source}))
+                price.changed = False
+        clock_raw = await redis.get(keys.clock)
+        clock = float(clock_raw) if clock_raw else 0.0
+        for partition, state in list(shares.states.items()):
+            if not shares.owns(partition) or not state.max_event_ts:
+                continue
+            t_eval = max(state.max_event_ts, clock) - settings.settle_s
+            partial = state.partial(t_eval, settings.windows_s)
+            partial.update(partition=partition, next_offset=state.next_offset,
+                           last_event_wall=shares.last_event_wall, updated_at=time.time())
+            pipe.set(keys.partial(partition), orjson.dumps(partial))
+            EVENT_TIME_LAG.labels(settings.topics.compacted_shares).set(
+                time.time() - state.max_event_ts)
+        await pipe.execute()
+
+    publisher = SnapshotPublisher(
+        settings, estimation_config(settings), redis,
+        lambda topic, body: app.producer.send(topic, None, body, None, None, None),
+    )
+
+    @app.timer(interval=settings.snapshot_interval_s, on_leader=True)
+    async def publish_snapshot() -> None:
+        try:
+            await publisher.publish()
+        except Exception:
+            log.exception("snapshot publication failed; retrying at the next tick")
+
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "warn") -> None:
+    """Run one Faust worker process (any number may run in the same group)."""
+    import sys
+
+    app = create_app(settings)
+    sys.argv = ["hashatlas", "worker", "-l", loglevel, "--without-web"]
+    app.main()

@@ -1,0 +1,315 @@
+"""One estimate snapshot from the pipeline's merged inputs (pure; the leader does the I/O).
+
+Inputs are per-partition window totals (mergeable sums, so 1, 2 or 4 workers give the same
+numbers), a summary of the best chain and the latest BTC/USD price. Output is the JSON of
+``GET /v1/estimates/current`` plus one history point per series.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streams.core.blocks import block_subsidy_sat
+from streams.core.electricity import (
+    REFERENCE_PRICE_USD_KWH,
+    HardwareTable,
+    Method,
+    PowerBand,
+    annualized_twh,
+    hashprice_usd_ph_day,
+    power_band_w,
+    profitability_threshold_j_gh,
+    region_price,
+    regional_power_bands,
+)
+from streams.core.intervals import compound_poisson_interval
+from streams.core.network import (
+    BlockHashrate,
+    NetworkEstimate,
+    coverage_from_blocks,
+    nowcast_network_hashrate,
+)
+from streams.core.regions import (
+    RegionShare,
+    Weighting,
+    country_of,
+    is_subdivision,
+    region_name,
+    region_shares,
+    regional_hashrates,
+)
+
+HASHES_PER_DIFFICULTY = 2.0**32
+SECONDS_PER_DAY = 86400.0
+#: Time constant of the live threshold's exponential mean: the mean age of a 14-day window.
+THRESHOLD_SMOOTHING_S = 7 * SECONDS_PER_DAY
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class SampleTotals:
+    """Share totals of one (pool, region) over a window, mergeable across partitions."""
+
+    count: float
+    difficulty_sum: float
+    difficulty_sq_sum: float
+    effective_seconds: float
+
+    def merged(self, other: SampleTotals) -> SampleTotals:
+        return SampleTotals(
+            self.count + other.count,
+            self.difficulty_sum + other.difficulty_sum,
+            self.difficulty_sq_sum + other.difficulty_sq_sum,
+            max(self.effective_seconds, other.effective_seconds),
+        )
+
+    @property
+    def hashrate_hs(self) -> float:
+        return self.difficulty_sum * HASHES_PER_DIFFICULTY / self.effective_seconds
+
+    @property
+    def se_hs(self) -> float:
+        return math.sqrt(self.difficulty_sq_sum) * HASHES_PER_DIFFICULTY / self.effective_seconds
+
+    def ci95_hs(self) -> tuple[float, float]:
+        lower, upper = compound_poisson_interval(self.difficulty_sum, self.difficulty_sq_sum)
+        scale = HASHES_PER_DIFFICULTY / self.effective_seconds
+        return lower * scale, upper * scale
+
+
+@dataclass(frozen=True)
+class MergedSample:
+    """Window totals of every partition, merged, at one evaluation time."""
+
+    as_of: float
+    max_event_ts: float
+    windows: dict[float, dict[Key, SampleTotals]]
+
+
+def merge_partials(partials: Iterable[Mapping[str, Any]]) -> MergedSample | None:
+    """Merge the partials workers wrote per partition (see ``ShareBatchPartition.partial``)."""
+    windows: dict[float, dict[Key, SampleTotals]] = {}
+    as_of = 0.0
+    max_event_ts = 0.0
+    seen = False
+    for partial in partials:
+        seen = True
+        as_of = max(as_of, float(partial["t_eval"]))
+        max_event_ts = max(max_event_ts, float(partial["max_event_ts"]))
+        for window, rows in partial["windows"].items():
+            totals = windows.setdefault(float(window), {})
+            for pool, region, count, dsum, dsq, t_eff in rows:
+                sample = SampleTotals(float(count), float(dsum), float(dsq), float(t_eff))
+                key = (str(pool), str(region))
+                previous = totals.get(key)
+                totals[key] = sample if previous is None else previous.merged(sample)
+    if not seen:
+        return None
+    return MergedSample(as_of=as_of, max_event_ts=max_event_ts, windows=windows)
+
+
+@dataclass(frozen=True)
+class EstimationConfig:
+    """What the snapshot needs beyond the data: method choices and reference tables."""
+
+    headline_window_s: float
+    hardware: HardwareTable
+    default_price_usd_kwh: float = REFERENCE_PRICE_USD_KWH
+    prices_usd_kwh: Mapping[str, float] = field(default_factory=dict)
+    method: Method = "1.4.0"
+    suspect_regions: Mapping[str, str | None] = field(default_factory=dict)
+    weighting: Weighting = "pooled"
+    block_window: int = 120
+
+
+@dataclass
+class SnapshotMemory:
+    """What carries over from one snapshot to the next: the smoothed profitability threshold."""
+
+    threshold_j_gh: float | None = None
+    threshold_at: float | None = None
+
+    def smoothed_threshold(self, value: float, at: float) -> float:
+        if self.threshold_j_gh is None or self.threshold_at is None or at <= self.threshold_at:
+            if self.threshold_j_gh is None:
+                self.threshold_j_gh, self.threshold_at = value, at
+            return self.threshold_j_gh
+        weight = 1.0 - math.exp(-(at - self.threshold_at) / THRESHOLD_SMOOTHING_S)
+        self.threshold_j_gh += weight * (value - self.threshold_j_gh)
+        self.threshold_at = at
+        return self.threshold_j_gh
+
+
+def _band(band: PowerBand | None) -> dict[str, float] | None:
+    if band is None:
+        return None
+    return {"lower": band.lower_w, "best": band.best_w, "upper": band.upper_w}
+
+
+def _twh(band: PowerBand | None) -> dict[str, float] | None:
+    if band is None:
+        return None
+    return {"lower": annualized_twh(band.lower_w), "best": annualized_twh(band.best_w),
+            "upper": annualized_twh(band.upper_w)}
+
+
+def _block_hashrate(chain: Mapping[str, Any], nblocks: int) -> BlockHashrate | None:
+    row = chain.get("hashrates", {}).get(str(nblocks))
+    if row is None:
+        return None
+    hashrate, lower, upper, blocks, span = row
+    return BlockHashrate(float(hashrate), (float(lower), float(upper)), int(blocks), float(span))
+
+
+def _threshold(
+    chain: Mapping[str, Any], btc_usd: float | None, network_hs: float
+) -> float | None:
+    """θ at the reference price, from the chain's reward and difficulty and the BTC price."""
+    if btc_usd is None or not chain.get("blocks") or network_hs <= 0:
+        return None
+    reward_sat = chain["subsidy_sat"] + (chain.get("mean_fees_sat") or 0.0)
+    blocks_per_day = network_hs * SECONDS_PER_DAY / (chain["difficulty"] * HASHES_PER_DIFFICULTY)
+    revenue_usd_day = reward_sat / 1e8 * blocks_per_day * btc_usd
+    return float(profitability_threshold_j_gh(revenue_usd_day, network_hs / 1e12))
+
+
+def build_snapshot(
+    sample: MergedSample,
+    chain: Mapping[str, Any] | None,
+    btc_usd: float | None,
+    config: EstimationConfig,
+    memory: SnapshotMemory,
+    *,
+    published_at: float,
+    stale: bool,
+) -> dict[str, Any]:
+    """The snapshot JSON (EstimateSnapshot) for the headline window."""
+    chain = chain or {"blocks": 0}
+    totals = {key: t for key, t in sample.windows.get(config.headline_window_s, {}).items()
+              if t.effective_seconds > 0}
+    sample_hs = float(sum(t.hashrate_hs for t in totals.values()))
+    sample_se = math.sqrt(sum(t.se_hs**2 for t in totals.values()))
+    sampled_pools = {pool for (pool, _), t in totals.items() if t.difficulty_sum > 0}
+
+    coverage = None
+    if chain.get("coverage_pools"):
+        coverage = coverage_from_blocks(chain["coverage_pools"],
+                                        np.asarray(chain["coverage_works"]), sampled_pools)
+    blocks = _block_hashrate(chain, config.block_window)
+    network: NetworkEstimate | None = nowcast_network_hashrate(
+        sample_hs if sample_hs > 0 else None, sample_se, coverage, blocks
+    )
+    network_hs = network.hashrate_hs if network else 0.0
+
+    threshold_now = _threshold(chain, btc_usd, network_hs)
+    threshold = (memory.smoothed_threshold(threshold_now, sample.as_of)
+                 if threshold_now is not None else None)
+    network_band = (power_band_w(network_hs, threshold, config.hardware, sample.as_of,
+                                 config.method) if threshold is not None else None)
+    hashprice = None
+    if btc_usd is not None and network_hs > 0 and chain.get("blocks"):
+        blocks_per_day = network_hs * SECONDS_PER_DAY / (
+            chain["difficulty"] * HASHES_PER_DIFFICULTY)
+        hashprice = hashprice_usd_ph_day(
+            block_subsidy_sat(int(chain["tip_height"]) + 1), chain.get("mean_fees_sat") or 0.0,
+            blocks_per_day, btc_usd, network_hs,
+        )
+
+    pool_weights = None
+    if config.weighting == "pool_weighted":
+        pool_weights = {p: float(w) for p, w in chain.get("pool_work", {}).items()}
+    countries = region_shares(totals, weighting=config.weighting, pool_weights=pool_weights,
+                              suspect_regions=config.suspect_regions, level="country")
+    subdivisions = {code: entry for code, entry in region_shares(
+        totals, weighting=config.weighting, pool_weights=pool_weights,
+        suspect_regions=config.suspect_regions, level="subdivision").items()
+        if is_subdivision(code)}
+
+    def entries(shares: Mapping[str, RegionShare]) -> list[dict[str, Any]]:
+        if network is None:
+            hashrates = {}
+            bands: dict[str, PowerBand] = {}
+        else:
+            hashrates = regional_hashrates(shares, network.hashrate_hs, network.ci95_hs)
+            bands = (regional_power_bands(
+                {code: h.hashrate_hs for code, h in hashrates.items()}, threshold,
+                hardware=config.hardware, at_unix=sample.as_of, prices=config.prices_usd_kwh,
+                default_price=config.default_price_usd_kwh, method=config.method,
+            ) if threshold is not None else {})
+        out = []
+        for code in sorted(shares, key=lambda c: -shares[c].share):
+            share = shares[code]
+            regional = hashrates.get(code)
+            band = bands.get(code)
+            out.append({
+                "region": code,
+                "name": region_name(code),
+                "share": share.share,
+                "share_ci95": list(share.share_ci95),
+                "hashrate_hs": regional.hashrate_hs if regional else None,
+                "hashrate_ci95_hs": list(regional.hashrate_ci95_hs) if regional else None,
+                "sample_hashrate_hs": share.sample_hashrate_hs,
+                "power_w": _band(band),
+                "annualized_twh": _twh(band),
+                "electricity_usd_kwh": region_price(code, config.prices_usd_kwh,
+                                                    config.default_price_usd_kwh),
+                "subdivisions": sorted(s for s in subdivisions if country_of(s) == code),
+            })
+        return out
+
+    return {
+        "type": "estimate",
+        "as_of": sample.as_of,
+        "published_at": published_at,
+        "window_s": config.headline_window_s,
+        "stale": stale,
+        "max_event_ts": sample.max_event_ts,
+        "network": {
+            "hashrate_hs": network.hashrate_hs if network else None,
+            "hashrate_ci95_hs": list(network.ci95_hs) if network else None,
+            "source": network.source if network else "none",
+            "sources": list(network.sources) if network else [],
+            "coverage": coverage.sampled_work_share if coverage else None,
+            "coverage_ci95": list(coverage.ci95) if coverage else None,
+            "sample_hashrate_hs": sample_hs,
+            "power_w": _band(network_band),
+            "annualized_twh": _twh(network_band),
+            "hashprice_usd_ph_day": hashprice,
+            "profitability_threshold_j_gh": threshold,
+            "block_hashrate_hs": blocks.hashrate_hs if blocks else None,
+            "block_hashrate_ci95_hs": list(blocks.ci95_hs) if blocks else None,
+            "blocks_seen": int(chain.get("blocks", 0)),
+            "tip_height": chain.get("tip_height"),
+        },
+        "regions": entries(countries),
+        "subdivisions": entries(subdivisions),
+    }
+
+
+def history_points(snapshot: Mapping[str, Any], t: float) -> dict[str, dict[str, Any]]:
+    """One history point per series (``network`` and every region) at time ``t``."""
+    network = snapshot["network"]
+    points = {"network": {
+        "t": t, "share": 1.0, "hashrate_hs": network["hashrate_hs"],
+        "power_w_best": (network["power_w"] or {}).get("best"),
+    }}
+    for entry in [*snapshot["regions"], *snapshot["subdivisions"]]:
+        points[entry["region"]] = {
+            "t": t, "share": entry["share"], "hashrate_hs": entry["hashrate_hs"],
+            "power_w_best": (entry["power_w"] or {}).get("best"),
+        }
+    return points
+
+
+def shares_for_detection(snapshot: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Country shares with their standard errors (from the 95 % interval), for shift detection."""
+    return {
+        entry["region"]: (entry["share"],
+                          (entry["share_ci95"][1] - entry["share_ci95"][0]) / (2 * 1.959964))
+        for entry in snapshot["regions"]
+    }

@@ -1,0 +1,227 @@
+"""What a worker keeps per input partition, and how it is checkpointed.
+
+Exactly-once state from at-least-once delivery: each partition's state carries the offset of the
+next message it has not applied. A checkpoint (state + that offset, one changelog message) is
+written before the messages it covers are acknowledged to Faust, so the committed offset never
+passes the checkpoint. After a crash the replacement restores the checkpoint and skips whatever
+Faust redelivers below its offset: nothing is lost and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streams.contracts import InvalidEvent, ShareBatchEvent, decode_input
+from streams.core.blocks import BestChain, BlockFacts, PoolDirectory, describe_block
+from streams.core.network import network_hashrate_from_blocks
+from streams.core.shares import ShareOutcome, ShareWindows
+from streams.settings import Settings
+
+
+def encode_checkpoint(body: dict[str, Any]) -> bytes:
+    return zlib.compress(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), 3)
+
+
+def decode_checkpoint(raw: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(zlib.decompress(raw))
+    return body
+
+
+def new_share_windows(settings: Settings) -> ShareWindows:
+    longest = max(settings.windows_s)
+    fine_longest = max([w for w in settings.windows_s if w <= 3600.0], default=3600.0)
+    return ShareWindows(
+        fine_bucket_s=settings.fine_bucket_s,
+        fine_retention_s=fine_longest + settings.allowed_lateness_s + 2 * settings.fine_bucket_s,
+        coarse_bucket_s=settings.coarse_bucket_s,
+        coarse_retention_s=longest + settings.allowed_lateness_s + 2 * settings.coarse_bucket_s,
+        allowed_lateness_s=settings.allowed_lateness_s,
+        dedup_capacity=0,
+    )
+
+
+@dataclass
+class ShareBatchPartition:
+    """The share windows fed by one partition of the ``share-batches`` topic."""
+
+    windows: ShareWindows
+    next_offset: int = 0
+    max_event_ts: float = 0.0
+    unacked: list[Any] = field(default_factory=list)
+    last_checkpoint: float = 0.0
+
+    def apply(self, raw: bytes | None) -> ShareOutcome:
+        """Credit one ``share_batch`` message; raise InvalidEvent for anything else."""
+        if raw is None:
+            raise InvalidEvent("$", "empty message (no value)")
+        event = decode_input(raw)
+        if not isinstance(event, ShareBatchEvent):
+            raise InvalidEvent("type", f"expected share_batch, got {event.type}")
+        outcome = self.windows.add_batch(
+            event.pool, event.region, event.start, event.end, event.count,
+            event.difficulty_sum, event.difficulty_sq_sum,
+        )
+        if outcome is ShareOutcome.CREDITED and event.end > self.max_event_ts:
+            self.max_event_ts = event.end
+        return outcome
+
+    def checkpoint(self) -> bytes:
+        return encode_checkpoint({
+            "next_offset": self.next_offset,
+            "max_event_ts": self.max_event_ts,
+            "windows": self.windows.to_state(),
+        })
+
+    @classmethod
+    def restore(cls, raw: bytes | None, settings: Settings) -> ShareBatchPartition:
+        if raw is None:
+            return cls(windows=new_share_windows(settings))
+        body = decode_checkpoint(raw)
+        return cls(
+            windows=ShareWindows.from_state(body["windows"]),
+            next_offset=int(body["next_offset"]),
+            max_event_ts=float(body["max_event_ts"]),
+        )
+
+    def partial(self, t_eval: float, windows_s: list[float]) -> dict[str, Any]:
+        """Window totals at ``t_eval`` per (pool, region), for the snapshot leader to merge."""
+        self.windows.expire(t_eval)
+        out: dict[str, list[list[Any]]] = {}
+        for window in windows_s:
+            rows = []
+            for (pool, region), est in self.windows.estimates(t_eval, window).items():
+                if est.share_count > 0 or est.difficulty_sum > 0:
+                    rows.append([pool, region, est.share_count, est.difficulty_sum,
+                                 est.difficulty_sq_sum, est.effective_seconds])
+            out[str(int(window))] = rows
+        return {"t_eval": t_eval, "max_event_ts": self.max_event_ts, "windows": out}
+
+
+def block_facts_state(facts: BlockFacts) -> dict[str, Any]:
+    """A block's facts as JSON (work as a decimal string: it exceeds 64 bits)."""
+    body = dataclasses.asdict(facts)
+    body["work"] = str(facts.work)
+    return body
+
+
+def block_facts_from_state(body: dict[str, Any]) -> BlockFacts:
+    return BlockFacts(**{**body, "work": int(body["work"])})
+
+
+@dataclass
+class ChainPartition:
+    """The best chain seen on the ``blocks`` topic (one partition)."""
+
+    chain: BestChain
+    pools: PoolDirectory
+    next_offset: int = 0
+    unacked: list[Any] = field(default_factory=list)
+    last_checkpoint: float = 0.0
+    changed: bool = True  # Redis copies need (re)writing: new blocks, or just restored
+
+    def apply(self, raw: bytes | None) -> BlockFacts:
+        if raw is None:
+            raise InvalidEvent("$", "empty message (no value)")
+        event = decode_input(raw)
+        if event.type != "block":
+            raise InvalidEvent("type", f"expected block, got {event.type}")
+        try:
+            facts = describe_block(event.model_dump(mode="json", exclude_none=True), self.pools)
+        except ValueError as exc:
+            field_name = getattr(exc, "field", "$")
+            raise InvalidEvent(field_name, getattr(exc, "reason", str(exc))) from None
+        self.chain.add(facts)
+        self.changed = True
+        return facts
+
+    def checkpoint(self) -> bytes:
+        return encode_checkpoint({
+            "next_offset": self.next_offset,
+            "blocks": [block_facts_state(b) for b in self.chain.blocks()],
+        })
+
+    @classmethod
+    def restore(cls, raw: bytes | None, pools: PoolDirectory) -> ChainPartition:
+        state = cls(chain=BestChain(), pools=pools)
+        if raw is None:
+            return state
+        body = decode_checkpoint(raw)
+        for block in body["blocks"]:
+            state.chain.add(block_facts_from_state(block))
+        state.next_offset = int(body["next_offset"])
+        return state
+
+    def summary(self, coverage_blocks: int, fee_blocks: int = 144) -> dict[str, Any]:
+        """What the snapshot leader needs from the chain: rates, pool work, fees, tip."""
+        chain = self.chain
+        tip = chain.tip
+        if tip is None:
+            return {"blocks": 0}
+        hashrates = {}
+        for n in (120, 144, 1008, 2016):
+            est = network_hashrate_from_blocks(chain.times(n + 1), chain.works(n + 1), n)
+            if est is not None:
+                hashrates[str(n)] = [est.hashrate_hs, est.ci95_hs[0], est.ci95_hs[1], est.blocks,
+                                     est.span_s]
+        pools = chain.pools(coverage_blocks)
+        works = chain.works(coverage_blocks)
+        pool_work: dict[str, float] = {}
+        for pool, work in zip(pools.tolist(), works.tolist(), strict=True):
+            pool_work[pool] = pool_work.get(pool, 0.0) + work
+        recent = chain.blocks(fee_blocks)
+        fees = [b.fees_sat for b in recent if b.fees_sat is not None]
+        return {
+            "blocks": len(chain),
+            "tip_height": tip.height,
+            "tip_time": tip.time,
+            "difficulty": tip.difficulty,
+            "subsidy_sat": tip.subsidy_sat,
+            "mean_fees_sat": float(np.mean(fees)) if fees else None,
+            "hashrates": hashrates,
+            "pool_work": pool_work,
+            "coverage_pools": pools.tolist(),
+            "coverage_works": works.tolist(),
+            "pool_blocks": {str(p): int(c) for p, c in zip(*np.unique(pools, return_counts=True),
+                                                      strict=True)},
+        }
+
+
+@dataclass
+class MarketPartition:
+    """The latest BTC/USD price from the ``market`` topic."""
+
+    btc_usd: float | None = None
+    ts: float = 0.0
+    source: str | None = None
+    next_offset: int = 0
+    unacked: list[Any] = field(default_factory=list)
+    last_checkpoint: float = 0.0
+    changed: bool = True
+
+    def apply(self, raw: bytes | None) -> None:
+        if raw is None:
+            raise InvalidEvent("$", "empty message (no value)")
+        event = decode_input(raw)
+        if event.type != "price":
+            raise InvalidEvent("type", f"expected price, got {event.type}")
+        if event.ts >= self.ts:
+            self.btc_usd, self.ts, self.source = event.btc_usd, event.ts, event.source
+            self.changed = True
+
+    def checkpoint(self) -> bytes:
+        return encode_checkpoint({"next_offset": self.next_offset, "btc_usd": self.btc_usd,
+                                  "ts": self.ts, "source": self.source})
+
+    @classmethod
+    def restore(cls, raw: bytes | None) -> MarketPartition:
+        if raw is None:
+            return cls()
+        body = decode_checkpoint(raw)
+        return cls(btc_usd=body["btc_usd"], ts=body["ts"], source=body["source"],
+                   next_offset=int(body["next_offset"]))

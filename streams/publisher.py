@@ -1,0 +1,138 @@
+"""The snapshot leader: merge the partitions' partials, build the snapshot, publish it.
+
+Runs on exactly one worker at a time (Faust's leader). Everything it writes for the API goes to
+Redis in one MULTI/EXEC transaction; the same snapshot goes to the ``estimates`` topic, alerts to
+``alerts``, and both to the SSE channel. What must survive a change of leader (shift detector,
+last history step, threshold smoothing) is kept in Redis next to the data it describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from streams.core.shifts import ShiftDetector
+from streams.core.snapshot import (
+    EstimationConfig,
+    SnapshotMemory,
+    build_snapshot,
+    history_points,
+    merge_partials,
+    shares_for_detection,
+)
+from streams.metrics import ALERTS_PUBLISHED, SNAPSHOT_PUBLISH_SECONDS, SNAPSHOTS_PUBLISHED
+from streams.rediskeys import RedisKeys
+from streams.settings import Settings
+
+log = logging.getLogger("hashatlas.publisher")
+
+Send = Callable[[str, bytes], Awaitable[Any]]
+
+
+class SnapshotPublisher:
+    """Builds and publishes snapshots; owns the leader's carried-over state."""
+
+    def __init__(self, settings: Settings, config: EstimationConfig, redis: aioredis.Redis,
+                 send: Send) -> None:
+        self.settings = settings
+        self.config = config
+        self.redis = redis
+        self.send = send
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.memory = SnapshotMemory()
+        self.detector = ShiftDetector()
+        self.last_step: float | None = None
+        self._loaded = False
+
+    async def _load_leader_state(self) -> None:
+        raw = await self.redis.get(self.keys.leader)
+        if raw:
+            body = orjson.loads(raw)
+            self.detector = ShiftDetector.from_state(body["detector"])
+            self.last_step = body.get("last_step")
+            self.memory = SnapshotMemory(body.get("threshold_j_gh"), body.get("threshold_at"))
+        self._loaded = True
+
+    def _leader_state(self) -> bytes:
+        return orjson.dumps({
+            "detector": self.detector.to_state(),
+            "last_step": self.last_step,
+            "threshold_j_gh": self.memory.threshold_j_gh,
+            "threshold_at": self.memory.threshold_at,
+        })
+
+    async def publish(self) -> dict[str, Any] | None:
+        """One snapshot from what the workers last wrote; None when there is nothing yet."""
+        started = time.perf_counter()
+        if not self._loaded:
+            await self._load_leader_state()
+        partitions = range(self.settings.partitions.compacted_shares)
+        raw = await self.redis.mget(
+            [self.keys.partial(p) for p in partitions]
+            + [self.keys.partial("blocks"), self.keys.partial("market")]
+        )
+        partials = [orjson.loads(r) for r in raw[:-2] if r]
+        merged = merge_partials(partials)
+        if merged is None:
+            return None
+        chain = orjson.loads(raw[-2]) if raw[-2] else None
+        market = orjson.loads(raw[-1]) if raw[-1] else None
+        now = time.time()
+        last_event_wall = max(float(p.get("last_event_wall", 0.0)) for p in partials)
+        stale = now - last_event_wall > self.settings.stale_after_s
+        snapshot = build_snapshot(
+            merged, chain, market["btc_usd"] if market else None, self.config, self.memory,
+            published_at=now, stale=stale,
+        )
+        snapshot["inputs"] = {"partitions": {str(p["partition"]): p["next_offset"]
+                                             for p in partials}}
+        body = orjson.dumps(snapshot)
+        etag = hashlib.blake2b(body, digest_size=12).hexdigest()
+
+        step = self.settings.history_step_s
+        step_t = (merged.as_of // step) * step
+        alerts: list[dict[str, Any]] = []
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.snapshot, mapping={
+            "json": body, "etag": etag, "as_of": str(merged.as_of), "published_at": str(now),
+        })
+        codes = [e["region"] for e in [*snapshot["regions"], *snapshot["subdivisions"]]]
+        pipe.delete(self.keys.regions)
+        for entry in [*snapshot["regions"], *snapshot["subdivisions"]]:
+            pipe.set(self.keys.region(entry["region"]), orjson.dumps(entry))
+        if codes:
+            pipe.sadd(self.keys.regions, *codes)
+        pipe.set(self.keys.clock, str(merged.max_event_ts))
+        if self.last_step is None or step_t > self.last_step:
+            if snapshot["network"]["hashrate_hs"] is not None:
+                for series, point in history_points(snapshot, step_t).items():
+                    key = self.keys.history(series)
+                    pipe.zremrangebyscore(key, step_t, step_t)
+                    pipe.zadd(key, {orjson.dumps(point): step_t})
+                    pipe.zremrangebyscore(key, "-inf",
+                                          step_t - self.settings.history_retention_s)
+                alerts = self.detector.update(step_t, shares_for_detection(snapshot))
+            self.last_step = step_t
+            pipe.set(self.keys.leader, self._leader_state())
+        for alert in alerts:
+            alert = {**alert, "updated_at": now}
+            changed_at = alert["detected_at"] if alert["state"] == "firing" else step_t
+            pipe.zadd(self.keys.alerts, {orjson.dumps(alert): changed_at})
+            pipe.publish(self.keys.events_channel,
+                         orjson.dumps({"event": "alert", "data": alert}))
+        pipe.publish(self.keys.events_channel, b'{"event":"estimate","data":' + body + b"}")
+        await pipe.execute()
+        await self.send(self.settings.topics.estimates, body)
+        for alert in alerts:
+            await self.send(self.settings.topics.alerts, orjson.dumps(alert))
+            ALERTS_PUBLISHED.labels(alert["state"]).inc()
+        SNAPSHOTS_PUBLISHED.inc()
+        SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        return snapshot
+
