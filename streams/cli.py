@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from streams.commands import blocks as blocks_command
 from streams.commands import cbeci as cbeci_command
-from streams.settings import get_settings
+from streams.settings import PROJECT_ROOT, get_settings
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -57,6 +58,12 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(get_settings(), args.scenario, args.speed, args.duration)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hashatlas",
@@ -81,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=None,
                         help="Prometheus port (default: metrics_port_base + 1; 0 disables)")
     worker.set_defaults(func=_worker)
+
+    demo = sub.add_parser("demo", help="stack + pipeline + API + simulated feed, until Ctrl-C")
+    demo.add_argument("--scenario", type=Path, default=PROJECT_ROOT / "scenarios" / "steady.yaml")
+    demo.add_argument("--speed", type=float, default=30.0,
+                      help="simulated seconds per wall-clock second")
+    demo.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
+    demo.set_defaults(func=_demo)
 
     for module in (blocks_command, cbeci_command):
         module.add_parser(sub)
