@@ -268,7 +268,9 @@ def create_app(settings: Settings) -> faust.App:
         for partition, state in list(shares.states.items()):
             if not shares.owns(partition) or not state.max_event_ts:
                 continue
-            t_eval = max(state.max_event_ts, clock) - settings.settle_s
+            # Every partition evaluates at the leader's clock, so the merged windows end at
+            # the same instant; before the first snapshot, at its own newest event.
+            t_eval = (clock or state.max_event_ts) - settings.settle_s
             partial = state.partial(t_eval, settings.windows_s)
             partial.update(partition=partition, next_offset=state.next_offset,
                            last_event_wall=shares.last_event_wall, updated_at=time.time())

@@ -68,8 +68,7 @@ class PendingFlush:
     key_ids: list[int] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
     difficulty: list[float] = field(default_factory=list)
-    passthrough: list[bytes] = field(default_factory=list)
-    passthrough_keys: list[bytes] = field(default_factory=list)
+    passthrough: list[tuple[float, bytes, bytes]] = field(default_factory=list)
     dead_letters: list[bytes] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     newest_event_ts: float = 0.0
@@ -209,28 +208,29 @@ class ShareCompactor:
             raise InvalidEvent("region", f"unknown ISO 3166 code {event.region!r}")
         body = event.model_dump(mode="json")
         body["region"] = region
-        self.pending.passthrough.append(orjson.dumps(body))
-        self.pending.passthrough_keys.append(event.pool.encode())
+        self.pending.passthrough.append((event.start, event.pool.encode(), orjson.dumps(body)))
         self.pending.newest_event_ts = max(self.pending.newest_event_ts, event.end)
 
     # ---- flushing ---------------------------------------------------------------------------
 
-    def encoded_batches(self) -> list[tuple[bytes, bytes]]:
-        """The pending single shares as (key, share_batch JSON) pairs."""
+    def encoded_batches(self) -> list[tuple[float, bytes, bytes]]:
+        """Pending single shares and passed-through batches as (start, key, share_batch JSON),
+        in event-time order."""
         pending = self.pending
         totals = summarise_shares(pending.key_ids, pending.ts, pending.difficulty, self.bucket_s)
-        out: list[tuple[bytes, bytes]] = []
+        out: list[tuple[float, bytes, bytes]] = list(pending.passthrough)
         keys = self._key_list
         for i in range(len(totals)):
             pool, region = keys[int(totals.key_ids[i])]
             count = int(totals.count[i])
             SHARES.labels("credited").inc(count)
-            out.append((pool.encode(), orjson.dumps({
+            out.append((float(totals.start[i]), pool.encode(), orjson.dumps({
                 "type": "share_batch", "pool": pool, "region": region,
                 "start": float(totals.start[i]), "end": float(totals.end[i]), "count": count,
                 "difficulty_sum": float(totals.difficulty_sum[i]),
                 "difficulty_sq_sum": float(totals.difficulty_sq_sum[i]),
             })))
+        out.sort(key=lambda item: item[0])
         return out
 
     async def flush(self) -> None:
@@ -240,9 +240,8 @@ class ShareCompactor:
             return
         assert self.producer is not None
         batches = self.encoded_batches()
-        batches.extend(zip(pending.passthrough_keys, pending.passthrough, strict=True))
         async with self.producer.transaction():
-            for key, value in batches:
+            for _, key, value in batches:
                 await self.producer.send(self.topics.compacted_shares, value=value, key=key)
             for value in pending.dead_letters:
                 await self.producer.send(self.topics.dead_letter, value=value)

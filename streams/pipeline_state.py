@@ -98,7 +98,7 @@ class ShareBatchPartition:
             for (pool, region), est in self.windows.estimates(t_eval, window).items():
                 if est.share_count > 0 or est.difficulty_sum > 0:
                     rows.append([pool, region, est.share_count, est.difficulty_sum,
-                                 est.difficulty_sq_sum, est.effective_seconds])
+                                 est.difficulty_sq_sum, est.effective_seconds, est.share_scale])
             out[str(int(window))] = rows
         return {"t_eval": t_eval, "max_event_ts": self.max_event_ts, "windows": out}
 

@@ -90,8 +90,10 @@ class SnapshotPublisher:
             merged, chain, market["btc_usd"] if market else None, self.config, self.memory,
             published_at=now, stale=stale,
         )
-        snapshot["inputs"] = {"partitions": {str(p["partition"]): p["next_offset"]
-                                             for p in partials}}
+        snapshot["inputs"] = {
+            "partitions": {str(p["partition"]): p["next_offset"] for p in partials},
+            "evaluated_at": {str(p["partition"]): p["t_eval"] for p in partials},
+        }
         body = orjson.dumps(snapshot)
         etag = hashlib.blake2b(body, digest_size=12).hexdigest()
 

@@ -11,8 +11,13 @@ Var = Σd²·2⁶⁴/T_eff². State is kept per (pool, region, time bucket), nev
   fixed (390 + 290 slots, ≈ 22 kB with the defaults) whatever the share rate; keys with nothing
   retained are dropped by `expire`, which also runs by itself once per coarse bucket of event
   time.
-* Lateness: the watermark is (latest event time seen) − allowed lateness; a share older than it
-  is counted as late and dropped, so the windows behind the watermark are final.
+* Lateness is judged per pool: a share older than its pool's latest event minus the allowed
+  lateness is counted as late and dropped. Each pool's feed is its own ordered stream, and a
+  partition mixes several pools that a backlog can deliver at different speeds, so one pool
+  running ahead must not make another's shares late. Whatever the pool, an event older than the
+  fine buckets can hold (the latest event of all minus the fine retention and two buckets) is
+  late too. The `watermark` (latest event of all − allowed lateness) is where the windows of
+  every pool are final.
 * Duplicates: share ids are remembered with the fine bucket of their share; a bucket's ids are
   forgotten once the whole bucket lies behind the watermark (a redelivery would then be late
   anyway), so about (lateness + 2 buckets) × id'd share rate are held; when more than
@@ -323,7 +328,7 @@ class ShareWindows:
             return ShareOutcome.REJECTED
         if not (difficulty > 0.0 and math.isfinite(difficulty)):
             raise ValueError(f"difficulty must be positive and finite, got {difficulty}")
-        if ts < self.watermark:
+        if ts < self._late_before(pool):
             self._counters.late += 1
             return ShareOutcome.LATE
         if share_id is not None:
@@ -350,7 +355,7 @@ class ShareWindows:
         """Take accepted shares without ids, vectorised; returns how many were credited.
 
         Same result as `add_share` called on each in array order: a share is late when it is
-        older than the watermark left by the shares before it.
+        older than the late bound left by the shares before it.
         """
         times = np.asarray(ts, dtype=np.float64).ravel()
         diffs = np.asarray(difficulty, dtype=np.float64).ravel()
@@ -362,8 +367,13 @@ class ShareWindows:
             raise ValueError("ts must be finite")
         if not (np.all(diffs > 0.0) and np.all(np.isfinite(diffs))):
             raise ValueError("difficulty must be positive and finite")
-        latest_before = np.maximum.accumulate(np.concatenate(([self._latest_ts], times[:-1])))
-        in_time = times >= latest_before - self.allowed_lateness_s
+        clock = self._pools.get(pool)
+        pool_last = -math.inf if clock is None else clock.last_ts
+        pool_before = np.maximum.accumulate(np.concatenate(([pool_last], times[:-1])))
+        all_before = np.maximum.accumulate(np.concatenate(([self._latest_ts], times[:-1])))
+        in_time = (times >= pool_before - self.allowed_lateness_s) & (
+            times >= all_before - self._placeable_s
+        )
         credited = int(np.count_nonzero(in_time))
         self._counters.late += times.size - credited
         if credited == 0:
@@ -389,7 +399,8 @@ class ShareWindows:
         difficulty_sum: float,
         difficulty_sq_sum: float,
     ) -> ShareOutcome:
-        """Take shares a proxy already summed over [start, end]; late when `end` < watermark.
+        """Take shares a proxy already summed over [start, end]; late when `end` is older than the
+        pool's late bound, or `start` older than the fine buckets can hold.
 
         The batch is spread over the buckets it overlaps in proportion to the time overlap —
         the assumption being a constant share rate within the batch, which is what a Poisson
@@ -408,7 +419,7 @@ class ShareWindows:
             raise ValueError(f"batch longer than {longest} s cannot be placed")
         if min(values) < 0.0:
             raise ValueError("batch count and sums must be ≥ 0")
-        if end < self.watermark:
+        if end < self._late_before(pool) or start < self._latest_ts - self._placeable_s:
             self._counters.late += round(count)
             return ShareOutcome.LATE
         row = self._row(pool, region)
@@ -673,6 +684,17 @@ class ShareWindows:
             )
         else:
             clock.take(other.origin_ts, other.origin_difficulty, other.origin_region, other.last_ts)
+
+    @property
+    def _placeable_s(self) -> float:
+        """How far behind the latest event an event can still land in the fine buckets."""
+        return self.fine_retention_s - 2.0 * self.fine_bucket_s
+
+    def _late_before(self, pool: str) -> float:
+        """Events of `pool` older than this are late (see the module docstring)."""
+        clock = self._pools.get(pool)
+        pool_bound = -math.inf if clock is None else clock.last_ts - self.allowed_lateness_s
+        return max(pool_bound, self._latest_ts - self._placeable_s)
 
     def _advance(self, event_ts: float) -> None:
         """Move event time forward; expire by itself once per coarse bucket of event time."""

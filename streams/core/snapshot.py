@@ -59,6 +59,7 @@ class SampleTotals:
     difficulty_sum: float
     difficulty_sq_sum: float
     effective_seconds: float
+    share_scale: float  # typical share size (Σd²/Σd over the key's history), for small counts
 
     def merged(self, other: SampleTotals) -> SampleTotals:
         return SampleTotals(
@@ -66,6 +67,7 @@ class SampleTotals:
             self.difficulty_sum + other.difficulty_sum,
             self.difficulty_sq_sum + other.difficulty_sq_sum,
             max(self.effective_seconds, other.effective_seconds),
+            max(self.share_scale, other.share_scale),
         )
 
     @property
@@ -77,7 +79,8 @@ class SampleTotals:
         return math.sqrt(self.difficulty_sq_sum) * HASHES_PER_DIFFICULTY / self.effective_seconds
 
     def ci95_hs(self) -> tuple[float, float]:
-        lower, upper = compound_poisson_interval(self.difficulty_sum, self.difficulty_sq_sum)
+        lower, upper = compound_poisson_interval(
+            self.difficulty_sum, self.difficulty_sq_sum, share_scale=self.share_scale)
         scale = HASHES_PER_DIFFICULTY / self.effective_seconds
         return lower * scale, upper * scale
 
@@ -103,8 +106,9 @@ def merge_partials(partials: Iterable[Mapping[str, Any]]) -> MergedSample | None
         max_event_ts = max(max_event_ts, float(partial["max_event_ts"]))
         for window, rows in partial["windows"].items():
             totals = windows.setdefault(float(window), {})
-            for pool, region, count, dsum, dsq, t_eff in rows:
-                sample = SampleTotals(float(count), float(dsum), float(dsq), float(t_eff))
+            for pool, region, count, dsum, dsq, t_eff, scale in rows:
+                sample = SampleTotals(float(count), float(dsum), float(dsq), float(t_eff),
+                                      float(scale))
                 key = (str(pool), str(region))
                 previous = totals.get(key)
                 totals[key] = sample if previous is None else previous.merged(sample)
@@ -230,6 +234,26 @@ def build_snapshot(
         suspect_regions=config.suspect_regions, level="subdivision").items()
         if is_subdivision(code)}
 
+    def sample_interval(code: str) -> list[float] | None:
+        """Exact (compound-Poisson) interval of the region's own sample, over its pools.
+
+        Pools still warming up have shorter T_eff: each is rescaled to the longest T_eff so the
+        summed totals keep the mean and variance of the summed hashrates."""
+        parts = [t for (_, region), t in totals.items()
+                 if region == code or (not is_subdivision(code) and country_of(region) == code)]
+        if not parts:
+            return None
+        longest = max(t.effective_seconds for t in parts)
+        ratios = [longest / t.effective_seconds for t in parts]
+        combined = SampleTotals(
+            sum(t.count for t in parts),
+            sum(t.difficulty_sum * r for t, r in zip(parts, ratios, strict=True)),
+            sum(t.difficulty_sq_sum * r * r for t, r in zip(parts, ratios, strict=True)),
+            longest,
+            max(t.share_scale * r for t, r in zip(parts, ratios, strict=True)),
+        )
+        return list(combined.ci95_hs())
+
     def entries(shares: Mapping[str, RegionShare]) -> list[dict[str, Any]]:
         if network is None:
             hashrates = {}
@@ -254,6 +278,7 @@ def build_snapshot(
                 "hashrate_hs": regional.hashrate_hs if regional else None,
                 "hashrate_ci95_hs": list(regional.hashrate_ci95_hs) if regional else None,
                 "sample_hashrate_hs": share.sample_hashrate_hs,
+                "sample_hashrate_ci95_hs": sample_interval(code),
                 "power_w": _band(band),
                 "annualized_twh": _twh(band),
                 "electricity_usd_kwh": region_price(code, config.prices_usd_kwh,

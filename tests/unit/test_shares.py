@@ -309,12 +309,25 @@ def test_late_shares_are_counted_and_dropped(
     for pool, region, ts, d in stream:
         windows.add_share(pool, region, ts, d)
         reference.add_share(pool, region, ts, d)
-    latest = stream[-1][2]
+    pool, _, latest, _ = stream[-1]  # lateness is judged against the pool's own latest event
     for behind in lateness:
-        assert windows.add_share("a", "US", latest - behind, 1e6) is ShareOutcome.LATE
-    assert windows.add_shares("a", "US", latest - np.asarray(lateness), np.ones(len(lateness))) == 0
+        assert windows.add_share(pool, "US", latest - behind, 1e6) is ShareOutcome.LATE
+    assert windows.add_shares(pool, "US", latest - np.asarray(lateness), np.ones(len(lateness))) == 0
     assert snapshot(windows, latest) == snapshot(reference, latest)
     assert windows.counters.late == 2 * len(lateness)
+
+
+def test_a_pool_running_ahead_does_not_make_another_pools_shares_late() -> None:
+    """A backlog delivers pool "fast" an hour ahead of pool "slow" in the same partition."""
+    windows = ShareWindows()
+    windows.add_batch("fast", "US", T0, T0 + 3000.0, 300, 300.0, 300.0)
+    assert windows.add_share("slow", "KZ", T0 + 10.0, 4.0) is ShareOutcome.CREDITED
+    assert windows.add_batch("slow", "KZ", T0 + 20.0, T0 + 30.0, 2, 8.0, 32.0) is (
+        ShareOutcome.CREDITED)
+    # Late for its own pool, and beyond what the fine buckets can hold, stay late.
+    assert windows.add_share("slow", "KZ", T0 + 30.0 - 61.0, 4.0) is ShareOutcome.LATE
+    assert windows.add_share("new", "US", T0 + 3000.0 - 3881.0, 4.0) is ShareOutcome.LATE
+    assert windows.counters.late == 2
 
 
 @PROPERTY_SETTINGS

@@ -1,0 +1,128 @@
+"""Running real workers and compactors against the real Kafka and Redis, for the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from streams.core.regions import country_of
+from streams.core.shares import ShareWindows
+from streams.pipeline_state import new_share_windows
+from streams.rediskeys import RedisKeys
+from streams.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a subprocess read exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHATLAS_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                env[f"HASHATLAS_{name.upper()}__{sub.upper()}"] = (
+                    orjson.dumps(sub_value).decode() if isinstance(sub_value, dict | list)
+                    else str(sub_value)
+                )
+        elif isinstance(value, list):
+            env[f"HASHATLAS_{name.upper()}"] = orjson.dumps(value).decode()
+        elif value is not None:
+            env[f"HASHATLAS_{name.upper()}"] = str(value)
+    return env
+
+
+class Worker:
+    """One ``hashatlas worker`` subprocess with its own working folder and log."""
+
+    def __init__(self, settings: Settings, workdir: Path, name: str, metrics_port: int = 0):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info",
+             "--metrics-port", str(metrics_port)],
+            cwd=workdir, env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def read_snapshot(settings: Settings) -> dict[str, Any] | None:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw = client.hget(RedisKeys(settings.redis_prefix).snapshot, "json")
+    finally:
+        client.close()
+    return orjson.loads(raw) if raw else None
+
+
+async def wait_for_snapshot(
+    settings: Settings, ready: Callable[[dict[str, Any]], bool], timeout_s: float,
+    workers: list[Worker] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    snapshot = None
+    while time.monotonic() < deadline:
+        snapshot = read_snapshot(settings)
+        if snapshot is not None and ready(snapshot):
+            return snapshot
+        await asyncio.sleep(0.25)
+    logs = "\n---\n".join(w.log_tail() for w in workers)
+    raise AssertionError(f"no matching snapshot within {timeout_s} s; last: "
+                         f"{orjson.dumps(snapshot)[:1500]!r}\nworker logs:\n{logs}")
+
+
+def offsets_reached(expected: Mapping[int, int], as_of: float | None = None
+                    ) -> Callable[[dict[str, Any]], bool]:
+    """A snapshot that includes every partition up to the expected next offsets (and, with
+    ``as_of``, whose partitions were all evaluated at that instant)."""
+    def ready(snapshot: dict[str, Any]) -> bool:
+        inputs = snapshot.get("inputs", {})
+        seen = inputs.get("partitions", {})
+        if not all(int(seen.get(str(p), -1)) >= n for p, n in expected.items() if n):
+            return False
+        return as_of is None or all(
+            t == as_of for t in inputs.get("evaluated_at", {}).values()) and (
+            snapshot["as_of"] == as_of)
+    return ready
+
+
+def core_regional_sample(events: list[dict[str, Any]], settings: Settings,
+                         as_of: float) -> dict[str, float]:
+    """The core's own sample hashrate per country over the headline window, same events."""
+    windows: ShareWindows = new_share_windows(settings)
+    for e in events:
+        if e["type"] == "share":
+            windows.add_share(e["pool"], e["region"], e["ts"], e["difficulty"])
+        else:
+            windows.add_batch(e["pool"], e["region"], e["start"], e["end"], e["count"],
+                              e["difficulty_sum"], e["difficulty_sq_sum"])
+    out: dict[str, float] = {}
+    for (_, region), est in windows.estimates(as_of, settings.headline_window_s).items():
+        country = country_of(region)
+        out[country] = out.get(country, 0.0) + est.hashrate_hs
+    return out
