@@ -105,9 +105,10 @@ def offsets_reached(expected: Mapping[int, int], as_of: float | None = None
         seen = inputs.get("partitions", {})
         if not all(int(seen.get(str(p), -1)) >= n for p, n in expected.items() if n):
             return False
-        return as_of is None or all(
-            t == as_of for t in inputs.get("evaluated_at", {}).values()) and (
-            snapshot["as_of"] == as_of)
+        if as_of is None:
+            return True
+        evaluated = inputs.get("evaluated_at", {}).values()
+        return snapshot["as_of"] == as_of and all(t == as_of for t in evaluated)
     return ready
 
 

@@ -5,8 +5,8 @@ attributed, malformed input is dead-lettered and counted."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import urllib.request
 from pathlib import Path
 from typing import Any

@@ -312,7 +312,8 @@ def test_late_shares_are_counted_and_dropped(
     pool, _, latest, _ = stream[-1]  # lateness is judged against the pool's own latest event
     for behind in lateness:
         assert windows.add_share(pool, "US", latest - behind, 1e6) is ShareOutcome.LATE
-    assert windows.add_shares(pool, "US", latest - np.asarray(lateness), np.ones(len(lateness))) == 0
+    behind = latest - np.asarray(lateness)
+    assert windows.add_shares(pool, "US", behind, np.ones(len(lateness))) == 0
     assert snapshot(windows, latest) == snapshot(reference, latest)
     assert windows.counters.late == 2 * len(lateness)
 
