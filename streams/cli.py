@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from api import command as api_command
 from streams.commands import blocks as blocks_command
 from streams.commands import cbeci as cbeci_command
 from streams.settings import PROJECT_ROOT, get_settings
@@ -42,7 +43,8 @@ def _compactor(args: argparse.Namespace) -> int:
     from streams.metrics import serve_metrics
 
     settings = get_settings()
-    serve_metrics(settings.metrics_port_base if args.metrics_port is None else args.metrics_port)
+    serve_metrics(settings.metrics_port_base if args.metrics_port is None else args.metrics_port,
+                  settings.metrics_host)
     run_compactor(settings, args.instance)
     return 0
 
@@ -53,7 +55,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     serve_metrics(settings.metrics_port_base + 1 if args.metrics_port is None
-                  else args.metrics_port)
+                  else args.metrics_port, settings.metrics_host)
     run_worker(settings, args.loglevel)
     return 0
 
@@ -96,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
     demo.set_defaults(func=_demo)
 
-    for module in (blocks_command, cbeci_command):
+    for module in (api_command, blocks_command, cbeci_command):
         module.add_parser(sub)
     return parser
 

@@ -50,7 +50,7 @@ CHECKPOINTS = Counter(
 )
 
 
-def serve_metrics(port: int) -> None:
-    """Expose this process's metrics on ``port`` (0 disables)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose this process's metrics on ``host:port`` (port 0 disables)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)

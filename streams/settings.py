@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     worker_web_port: int = 6066
     metrics_port_base: int = 9110
+    metrics_host: str = "127.0.0.1"
 
     topics: Topics = Topics()
     partitions: Partitions = Partitions()

@@ -54,6 +54,7 @@ RULE_FILES = [PROMETHEUS_DIR / "rules" / "recording.yml", PROMETHEUS_DIR / "rule
 
 DAY = "2019-08-31"
 HOURS_PER_YEAR = 8766.0
+BANDS = ("lower", "best", "upper")
 # CCAF's country shares, Sep 2019 – Apr 2020 average (METHOD.md); the rest is unknown (ZZ).
 SHARES = {"CN": 0.6508, "US": 0.0724, "RU": 0.0690, "KZ": 0.0617, "MY": 0.0433, "IR": 0.0382,
           "CA": 0.0082, "DE": 0.0056}
@@ -88,8 +89,8 @@ def load_day(shared_data: Path) -> Day:
     revenue_usd = float(coinmetrics["IssTotUSD"]) + float(coinmetrics["FeeTotUSD"])
     return Day(
         hashrate_hs=hashrate_hs,
-        power_w={band: float(ccaf[f"power_gw_{band}"]) * 1e9 for band in ("lower", "best", "upper")},
-        twh={band: float(ccaf[f"twh_{band}"]) for band in ("lower", "best", "upper")},
+        power_w={band: float(ccaf[f"power_gw_{band}"]) * 1e9 for band in BANDS},
+        twh={band: float(ccaf[f"twh_{band}"]) for band in BANDS},
         hashprice_usd_ph_day=revenue_usd / (hashrate_hs / 1e15),
     )
 
@@ -303,7 +304,6 @@ def prometheus(redis_server: str, day: Day,
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is not installed (apt-get install -y prometheus)")
-    redis.Redis.from_url(redis_server).flushall()
     incident = Incident(redis_server, day)
     incident.start()
     server = serve(incident)
@@ -441,7 +441,7 @@ def test_live_map_figures_match_published_values(prometheus: PrometheusAPI, day:
     hashrate = _value(prometheus, _panel_target("live-map", "Network hashrate (EH/s)", "best"))
     assert hashrate == pytest.approx(84.03317665768328, rel=1e-12)
     # CCAF's own annualised TWh for the day, from its GW band.
-    for band in ("lower", "best", "upper"):
+    for band in BANDS:
         twh = _value(prometheus, _panel_target("live-map", "Annualised energy (TWh/yr)", band))
         assert twh == pytest.approx(day.twh[band], rel=1e-12), band
     hashprice = _value(prometheus, _panel_target("live-map", "Hashprice (USD/PH/day)",
