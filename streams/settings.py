@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "hashatlas"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    cors_origins: list[str] = Field(default_factory=list)
     worker_web_port: int = 6066
     metrics_port_base: int = 9110
     metrics_host: str = "127.0.0.1"

@@ -40,7 +40,7 @@ from api.deps import EstimateStore
 from api.main import create_app, current_estimate
 from streams.contracts import EstimateSnapshot, NetworkEntry, PowerBand, RegionEntry
 from streams.rediskeys import NETWORK_SERIES, RedisKeys
-from streams.settings import Settings, get_settings
+from streams.settings import Settings
 from tests.conftest import PROJECT_ROOT, free_port
 
 PREFIX = "hatest"
@@ -704,28 +704,21 @@ def test_stream_relays_events_and_unsubscribes(redis_url: str, store: redis.Redi
         assert metric_value(scrape, "hashatlas_api_sse_clients") == 0.0
 
 
-def test_api_command_serves_with_settings_defaults(redis_url: str, store: redis.Redis,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HASHATLAS_API_PORT", "8123")
-    get_settings.cache_clear()
-    try:
-        parser = argparse.ArgumentParser(prog="hashatlas")
-        add_parser(parser.add_subparsers(dest="command", required=True))
-        defaults = parser.parse_args(["api"])
-        assert (defaults.host, defaults.port) == ("127.0.0.1", 8123)
-        given = parser.parse_args(["api", "--host", "0.0.0.0", "--port", "9001"])
-        assert (given.host, given.port) == ("0.0.0.0", 9001)
-    finally:
-        get_settings.cache_clear()
+def test_api_command_serves_on_the_configured_port(redis_url: str, store: redis.Redis) -> None:
+    parser = argparse.ArgumentParser(prog="hashatlas")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    given = parser.parse_args(["api", "--host", "0.0.0.0", "--port", "9001"])
+    assert (given.host, given.port) == ("0.0.0.0", 9001)
     publish_snapshot(store, make_snapshot(time.time()), "etag-1")
     port = free_port()
     launcher = ("import argparse, sys; from api.command import add_parser; "
                 "p = argparse.ArgumentParser(); add_parser(p.add_subparsers()); "
                 "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
-    env = {**os.environ, "HASHATLAS_REDIS_URL": redis_url, "HASHATLAS_REDIS_PREFIX": PREFIX}
-    server = subprocess.Popen([sys.executable, "-c", launcher, "api", "--port", str(port)],
-                              env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # No --port: the port comes from the settings (the environment).
+    env = {**os.environ, "HASHATLAS_REDIS_URL": redis_url, "HASHATLAS_REDIS_PREFIX": PREFIX,
+           "HASHATLAS_API_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-c", launcher, "api"], env=env, cwd=PROJECT_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -1,0 +1,81 @@
+"""The local stack scripts on their own ports and folder: idempotent, clean stop, clear errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from streams import localstack
+from streams.settings import Settings
+from tests.conftest import free_port
+
+
+@pytest.fixture()
+def private_stack(tmp_path: Path) -> Settings:
+    return Settings(
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        kafka_controller_port=free_port(),
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        state_dir=tmp_path / "stack",
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_up_twice_is_harmless_and_down_leaves_nothing(private_stack: Settings,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    settings = private_stack
+    try:
+        localstack.stack_up(settings)
+        pids = {name: entry["pid"] for name, entry in localstack.stack_status(settings).items()}
+        localstack.stack_up(settings)
+        out = capsys.readouterr().out
+        assert "kafka already running" in out and "redis already running" in out
+        assert "topics already present" in out
+        status = localstack.stack_status(settings)
+        assert {name: entry["pid"] for name, entry in status.items()} == pids
+        assert all(entry["answering"] for entry in status.values())
+    finally:
+        localstack.stack_down(settings)
+    assert all(isinstance(pid, int) and not _alive(pid) for pid in pids.values())
+    assert not any(entry["answering"] for entry in localstack.stack_status(settings).values())
+    assert not list((settings.state_dir / "run").glob("*.pid"))
+
+
+def test_a_taken_port_is_named(private_stack: Settings) -> None:
+    settings = private_stack
+    host, port = settings.redis_host_port
+    with socket.socket() as squatter:
+        squatter.bind((host, port))
+        squatter.listen()
+        with pytest.raises(localstack.StackError, match=rf"redis: port {host}:{port} is already"):
+            localstack.start_redis(settings)
+
+
+def test_missing_java_is_named(private_stack: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    localstack.ensure_kafka(private_stack)  # cached jars: only java is missing below
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(localstack.StackError, match="java not found"):
+        localstack.start_kafka(private_stack)
+
+
+def test_a_broker_that_dies_at_start_points_at_its_log(private_stack: Settings) -> None:
+    settings = private_stack.model_copy(update={"kafka_version": private_stack.kafka_version})
+    localstack.ensure_kafka(settings)
+    (settings.state_dir / "run").mkdir(parents=True)
+    (settings.state_dir / "logs").mkdir(parents=True)
+    # A data folder formatted for another cluster makes the broker exit during start-up.
+    data = settings.state_dir / "data" / "kafka"
+    data.mkdir(parents=True)
+    (data / "meta.properties").write_text("version=1\ncluster.id=bogus\nnode.id=99\n")
+    with pytest.raises(localstack.StackError, match=r"kafka exited with code .* log: .*kafka\.log"):
+        localstack.start_kafka(settings)
