@@ -21,6 +21,7 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 from faust.types import TP
+from redis.exceptions import RedisError
 
 from streams.contracts import DeadLetter, InvalidEvent
 from streams.core.blocks import load_pool_directory
@@ -251,15 +252,24 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=settings.snapshot_interval_s)
     async def write_partials() -> None:
         """Publish what this worker's partitions hold, for the leader to merge."""
+        try:
+            await write_partials_once()
+        except (RedisError, OSError) as exc:  # Redis away: state is safe, retry next tick
+            log.warning("cannot write partials to Redis (%s); retrying", exc)
+
+    async def write_partials_once() -> None:
         for checkpointed in inputs:
             checkpointed.restore_owned()
+        # After Redis restarted empty, what the states hold is written again at once.
+        chain_missing = not await redis.exists(keys.partial("blocks"))
+        market_missing = not await redis.exists(keys.partial("market"))
         pipe = redis.pipeline(transaction=True)
         for partition, chain in list(chain_input.states.items()):
-            if chain.changed and chain_input.owns(partition):
+            if (chain.changed or chain_missing) and chain_input.owns(partition):
                 write_chain(pipe, chain)
                 chain.changed = False
         for partition, price in list(market_input.states.items()):
-            if price.changed and market_input.owns(partition):
+            if (price.changed or market_missing) and market_input.owns(partition):
                 pipe.set(keys.partial("market"), orjson.dumps(
                     {"btc_usd": price.btc_usd, "ts": price.ts, "source": price.source}))
                 price.changed = False

@@ -296,6 +296,7 @@ def topic_plan(settings: Settings) -> dict[str, int]:
         topics.estimates: parts.estimates,
         topics.alerts: parts.alerts,
         topics.dead_letter: parts.dead_letter,
+        topics.history: parts.history,
     }
 
 
@@ -308,8 +309,12 @@ async def create_topics(settings: Settings, plan: dict[str, int] | None = None) 
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name, partitions in plan.items()
-                   if name not in existing]
+        # History steps and alerts are what Redis is rebuilt from: keep them as long as history.
+        retention = {"retention.ms": str(int(settings.history_retention_s * 1000))}
+        kept = {settings.topics.history, settings.topics.alerts}
+        missing = [NewTopic(name, partitions, 1,
+                            topic_configs=retention if name in kept else None)
+                   for name, partitions in plan.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
         return [topic.name for topic in missing]

@@ -27,6 +27,7 @@ from streams.core.snapshot import (
     shares_for_detection,
 )
 from streams.metrics import ALERTS_PUBLISHED, SNAPSHOT_PUBLISH_SECONDS, SNAPSHOTS_PUBLISHED
+from streams.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 
@@ -50,13 +51,22 @@ class SnapshotPublisher:
         self.last_step: float | None = None
         self._loaded = False
 
-    async def _load_leader_state(self) -> None:
-        raw = await self.redis.get(self.keys.leader)
-        if raw:
-            body = orjson.loads(raw)
-            self.detector = ShiftDetector.from_state(body["detector"])
-            self.last_step = body.get("last_step")
-            self.memory = SnapshotMemory(body.get("threshold_j_gh"), body.get("threshold_at"))
+    def _restore(self, body: dict[str, Any]) -> None:
+        self.detector = ShiftDetector.from_state(body["detector"])
+        self.last_step = body.get("last_step")
+        self.memory = SnapshotMemory(body.get("threshold_j_gh"), body.get("threshold_at"))
+
+    async def _recover(self, leader_raw: bytes | str | None) -> None:
+        """Take over the leader state; if Redis lost everything, refill it from Kafka first."""
+        if leader_raw is not None:
+            if not self._loaded:
+                self._restore(orjson.loads(leader_raw))
+        else:
+            log.warning("Redis holds no leader state: rebuilding history and alerts from Kafka")
+            from_kafka = await rebuild_from_kafka(self.settings, self.redis)
+            if from_kafka is not None and self.last_step is None:
+                self._restore(from_kafka)
+            await self.redis.set(self.keys.leader, self._leader_state())
         self._loaded = True
 
     def _leader_state(self) -> bytes:
@@ -70,19 +80,19 @@ class SnapshotPublisher:
     async def publish(self) -> dict[str, Any] | None:
         """One snapshot from what the workers last wrote; None when there is nothing yet."""
         started = time.perf_counter()
-        if not self._loaded:
-            await self._load_leader_state()
         partitions = range(self.settings.partitions.compacted_shares)
         raw = await self.redis.mget(
             [self.keys.partial(p) for p in partitions]
-            + [self.keys.partial("blocks"), self.keys.partial("market")]
+            + [self.keys.partial("blocks"), self.keys.partial("market"), self.keys.leader]
         )
-        partials = [orjson.loads(r) for r in raw[:-2] if r]
+        if not self._loaded or raw[-1] is None:
+            await self._recover(raw[-1])
+        partials = [orjson.loads(r) for r in raw[:-3] if r]
         merged = merge_partials(partials)
         if merged is None:
             return None
-        chain = orjson.loads(raw[-2]) if raw[-2] else None
-        market = orjson.loads(raw[-1]) if raw[-1] else None
+        chain = orjson.loads(raw[-3]) if raw[-3] else None
+        market = orjson.loads(raw[-2]) if raw[-2] else None
         now = time.time()
         last_event_wall = max(float(p.get("last_event_wall", 0.0)) for p in partials)
         stale = now - last_event_wall > self.settings.stale_after_s
@@ -100,6 +110,7 @@ class SnapshotPublisher:
         step = self.settings.history_step_s
         step_t = (merged.as_of // step) * step
         alerts: list[dict[str, Any]] = []
+        step_points: dict[str, dict[str, Any]] = {}
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.snapshot, mapping={
             "json": body, "etag": etag, "as_of": str(merged.as_of), "published_at": str(now),
@@ -113,7 +124,8 @@ class SnapshotPublisher:
         pipe.set(self.keys.clock, str(merged.max_event_ts))
         if self.last_step is None or step_t > self.last_step:
             if snapshot["network"]["hashrate_hs"] is not None:
-                for series, point in history_points(snapshot, step_t).items():
+                step_points = history_points(snapshot, step_t)
+                for series, point in step_points.items():
                     key = self.keys.history(series)
                     pipe.zremrangebyscore(key, step_t, step_t)
                     pipe.zadd(key, {orjson.dumps(point): step_t})
@@ -122,15 +134,20 @@ class SnapshotPublisher:
                 alerts = self.detector.update(step_t, shares_for_detection(snapshot))
             self.last_step = step_t
             pipe.set(self.keys.leader, self._leader_state())
+        alerts = [{**alert, "updated_at": now,
+                   "changed_at": alert["detected_at"] if alert["state"] == "firing" else step_t}
+                  for alert in alerts]
         for alert in alerts:
-            alert = {**alert, "updated_at": now}
-            changed_at = alert["detected_at"] if alert["state"] == "firing" else step_t
-            pipe.zadd(self.keys.alerts, {orjson.dumps(alert): changed_at})
+            pipe.zadd(self.keys.alerts, {orjson.dumps(alert): alert["changed_at"]})
             pipe.publish(self.keys.events_channel,
                          orjson.dumps({"event": "alert", "data": alert}))
         pipe.publish(self.keys.events_channel, b'{"event":"estimate","data":' + body + b"}")
         await pipe.execute()
         await self.send(self.settings.topics.estimates, body)
+        if step_points:
+            await self.send(self.settings.topics.history, orjson.dumps({
+                "t": step_t, "points": step_points, "leader": orjson.loads(self._leader_state()),
+            }))
         for alert in alerts:
             await self.send(self.settings.topics.alerts, orjson.dumps(alert))
             ALERTS_PUBLISHED.labels(alert["state"]).inc()

@@ -24,6 +24,7 @@ class Topics(BaseModel):
     alerts: str = "alerts"
     dead_letter: str = "dead-letter"
     compacted_shares: str = "share-batches"
+    history: str = "history"
 
 
 class Partitions(BaseModel):
@@ -36,6 +37,7 @@ class Partitions(BaseModel):
     estimates: int = Field(default=1, ge=1)
     alerts: int = Field(default=1, ge=1)
     dead_letter: int = Field(default=1, ge=1)
+    history: int = Field(default=1, ge=1)
 
 
 class Settings(BaseSettings):
