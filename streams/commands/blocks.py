@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streams.commands.feeds import add_block_commands
 from streams.core.blocks import (
     BlockEventError,
     BlockFacts,
@@ -28,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register `blocks` and its `describe` subcommand."""
     blocks = subparsers.add_parser("blocks", help="inspect block events")
     actions = blocks.add_subparsers(dest="blocks_command", required=True)
+    add_block_commands(actions)
     describe = actions.add_parser(
         "describe",
         help="print height, pool, difficulty, work, subsidy and fees of each block event",

@@ -27,7 +27,7 @@ from streams.core.electricity import (
     region_price,
     regional_power_bands,
 )
-from streams.core.intervals import compound_poisson_interval
+from streams.core.intervals import compound_poisson_interval, poisson_interval
 from streams.core.network import (
     BlockHashrate,
     NetworkEstimate,
@@ -129,6 +129,37 @@ class EstimationConfig:
     suspect_regions: Mapping[str, str | None] = field(default_factory=dict)
     weighting: Weighting = "pooled"
     block_window: int = 120
+    #: A pool whose sample exceeds this multiple of what its blocks allow is set aside.
+    plausibility_factor: float = 3.0
+    #: Blocks needed in the coverage window before pools are judged against them.
+    plausibility_min_blocks: int = 144
+
+
+def implausible_pools(
+    totals: Mapping[Key, SampleTotals], chain: Mapping[str, Any], factor: float, min_blocks: int
+) -> dict[str, float]:
+    """Pools whose sampled hashrate their own blocks cannot explain, with sample/bound ratios.
+
+    A pool finding k of the last n blocks holds at most Garwood-upper(k)/n of the network (95 %),
+    and the network at most the upper bound of GetNetworkHashPS over those blocks. A share feed
+    claiming ``factor`` times more than that (a broken proxy, a forged difficulty) is set aside
+    and named, so it cannot move the network estimate."""
+    blocks = int(chain.get("blocks", 0))
+    window = chain.get("hashrates", {}).get("2016") or chain.get("hashrates", {}).get("1008")
+    if blocks < min_blocks or window is None:
+        return {}
+    pool_blocks: Mapping[str, int] = chain.get("pool_blocks", {})
+    n = sum(pool_blocks.values())
+    network_upper = float(window[2])
+    by_pool: dict[str, float] = {}
+    for (pool, _), t in totals.items():
+        by_pool[pool] = by_pool.get(pool, 0.0) + t.hashrate_hs
+    flagged = {}
+    for pool, hashrate in by_pool.items():
+        bound = poisson_interval(float(pool_blocks.get(pool, 0)))[1] / n * network_upper
+        if hashrate > factor * bound:
+            flagged[pool] = hashrate / bound
+    return flagged
 
 
 @dataclass
@@ -196,6 +227,9 @@ def build_snapshot(
     chain = chain or {"blocks": 0}
     totals = {key: t for key, t in sample.windows.get(config.headline_window_s, {}).items()
               if t.effective_seconds > 0}
+    flagged = implausible_pools(totals, chain, config.plausibility_factor,
+                                config.plausibility_min_blocks)
+    totals = {key: t for key, t in totals.items() if key[0] not in flagged}
     sample_hs = float(sum(t.hashrate_hs for t in totals.values()))
     sample_se = math.sqrt(sum(t.se_hs**2 for t in totals.values()))
     sampled_pools = {pool for (pool, _), t in totals.items() if t.difficulty_sum > 0}
@@ -310,6 +344,7 @@ def build_snapshot(
             "block_hashrate_ci95_hs": list(blocks.ci95_hs) if blocks else None,
             "blocks_seen": int(chain.get("blocks", 0)),
             "tip_height": chain.get("tip_height"),
+            "implausible_pools": {pool: round(ratio, 3) for pool, ratio in flagged.items()},
         },
         "regions": entries(countries),
         "subdivisions": entries(subdivisions),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import sys
 import time
 from typing import Any
 
@@ -110,7 +113,47 @@ async def test_an_unreachable_ticker_is_logged_and_retried(
     assert emitted == []
 
 
-async def _read(settings: Settings, topic: str, count: int) -> list[tuple[bytes, Any]]:
+# The command as `hashatlas prices follow` runs it, before and after it is wired into the CLI.
+COMMAND = """
+import argparse, sys
+from streams.commands.feeds import add_parser
+parser = argparse.ArgumentParser(prog="hashatlas")
+add_parser(parser.add_subparsers(dest="command", required=True))
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.func(args))
+"""
+
+
+async def test_the_command_produces_prices_and_stops_cleanly_on_sigterm(
+    isolated_settings: Settings,
+) -> None:
+    settings = isolated_settings
+
+    def ticker(request: Request) -> Response:
+        return Response(200, GOOD)
+
+    async with recorded_server(ticker) as server:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", COMMAND, "prices", "follow", "--url", server.url + "/spot",
+            "--json-path", "data.amount", "--interval", "0.1",
+            env={**os.environ, "HASHATLAS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                 "HASHATLAS_TOPICS__MARKET": settings.topics.market},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            events = await _read(settings, settings.topics.market, 2, settle_s=0.0)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode == 0, stderr.decode()
+    assert "feed stopped by signal" in stderr.decode()
+    assert [key for key, _ in events[:2]] == [b"127.0.0.1", b"127.0.0.1"]  # source: URL host
+    assert all(event["btc_usd"] == 97123.45 for _, event in events)
+
+
+async def _read(
+    settings: Settings, topic: str, count: int, settle_s: float = 0.5
+) -> list[tuple[bytes, Any]]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
@@ -123,7 +166,7 @@ async def _read(settings: Settings, topic: str, count: int) -> list[tuple[bytes,
             for messages in batch.values():
                 received.extend((m.key or b"", orjson.loads(m.value or b"")) for m in messages)
             if settle_until is None and len(received) >= count:
-                settle_until = time.monotonic() + 0.5
+                settle_until = time.monotonic() + settle_s
     finally:
         await consumer.stop()
     return received

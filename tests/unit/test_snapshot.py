@@ -1,0 +1,118 @@
+"""The snapshot builder on a world whose every number is known by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.core.blocks import BestChain, BlockFacts
+from streams.core.electricity import load_hardware
+from streams.core.snapshot import (
+    EstimationConfig,
+    MergedSample,
+    SampleTotals,
+    SnapshotMemory,
+    build_snapshot,
+    history_points,
+    merge_partials,
+)
+from streams.pipeline_state import ChainPartition
+
+H = 200e18  # network hashrate, H/s
+D = H * 600 / 2**32  # difficulty for one block per 600 s
+HEIGHT0 = 840_000  # subsidy 3.125 BTC
+SHARE_D = 2.0**20
+WINDOW = 300.0
+HARDWARE = load_hardware(Path(__file__).resolve().parents[2] / "streams" / "data" / "hardware.csv")
+T_END = 1_795_000_000.0
+
+
+def _chain() -> dict[str, object]:
+    """Blocks exactly 600 s apart: 30 % Foundry, 20 % AntPool, 50 % pools not sampled."""
+    pattern = ["foundry-usa"] * 3 + ["antpool"] * 2 + ["f2pool"] * 3 + ["unknown"] * 2
+    chain = BestChain()
+    for i in range(2011):  # the window of the last 2010 blocks holds 201 whole patterns
+        pool = pattern[i % 10]
+        chain.add(BlockFacts(
+            height=HEIGHT0 + i, hash=f"{i:064x}", prev_hash=f"{i - 1:064x}" if i else None,
+            time=T_END - (2010 - i) * 600.0, bits="17034219", pool=pool, pool_slug=pool,
+            attribution="feed", difficulty=D, work=round(D * 2**32), subsidy_sat=312_500_000,
+            fees_sat=0, coinbase_value_sat=312_500_000))
+    state = ChainPartition(chain=chain, pools=None)  # type: ignore[arg-type]
+    return state.summary(2010)
+
+
+def _totals(hashrate: float) -> SampleTotals:
+    dsum = hashrate * WINDOW / 2**32
+    return SampleTotals(dsum / SHARE_D, dsum, dsum * SHARE_D, WINDOW, SHARE_D)
+
+
+def _sample(extra: dict[tuple[str, str], SampleTotals] | None = None) -> MergedSample:
+    windows = {
+        ("foundry-usa", "US-TX"): _totals(0.3 * H * 0.6),
+        ("foundry-usa", "KZ"): _totals(0.3 * H * 0.4),
+        ("antpool", "CN-SC"): _totals(0.2 * H),
+        **(extra or {}),
+    }
+    return MergedSample(as_of=T_END, max_event_ts=T_END, windows={WINDOW: windows})
+
+
+def _build(sample: MergedSample) -> dict[str, object]:
+    config = EstimationConfig(headline_window_s=WINDOW, hardware=HARDWARE)
+    return build_snapshot(sample, _chain(), 50_000.0, config, SnapshotMemory(),
+                          published_at=T_END + 1, stale=False)
+
+
+def test_known_world_gives_known_numbers() -> None:
+    snapshot = _build(_sample())
+    network = snapshot["network"]
+    assert network["source"] == "fused"
+    assert network["coverage"] == pytest.approx(0.5, rel=1e-12)
+    assert network["sample_hashrate_hs"] == pytest.approx(0.5 * H, rel=1e-12)
+    assert network["block_hashrate_hs"] == pytest.approx(H * 120 / 120, rel=1e-9)
+    assert network["hashrate_hs"] == pytest.approx(H, rel=1e-9)
+    lower, upper = network["hashrate_ci95_hs"]
+    assert lower < H < upper
+    # θ = revenue / (24 · H[TH/s] · p) = 144 · 3.125 · 50 000 / (24 · 2e8 · 0.05)
+    assert network["profitability_threshold_j_gh"] == pytest.approx(0.09375, rel=1e-9)
+    # hashprice = 3.125 BTC · 144 blocks/day · 50 000 USD / 200 000 PH/s
+    assert network["hashprice_usd_ph_day"] == pytest.approx(112.5, rel=1e-9)
+    power = network["power_w"]
+    assert 0 < power["lower"] <= power["best"] <= power["upper"]
+    assert network["annualized_twh"]["best"] == pytest.approx(power["best"] * 8.766e-9)
+    shares = {r["region"]: r["share"] for r in snapshot["regions"]}
+    assert shares == pytest.approx({"US": 0.36, "KZ": 0.24, "CN": 0.40}, rel=1e-12)
+    for entry in snapshot["regions"]:
+        assert entry["hashrate_hs"] == pytest.approx(entry["share"] * H, rel=1e-9)
+        lo, hi = entry["share_ci95"]
+        assert lo <= entry["share"] <= hi
+    assert [s["region"] for s in snapshot["subdivisions"]] == ["CN-SC", "US-TX"]
+    assert next(r for r in snapshot["regions"] if r["region"] == "US")["subdivisions"] == ["US-TX"]
+
+
+def test_a_pool_claiming_the_impossible_is_set_aside_and_named() -> None:
+    honest = _build(_sample())
+    rogue = _build(_sample({("viabtc", "RU"): _totals(10 * H)}))  # no block at all: absurd
+    assert set(rogue["network"]["implausible_pools"]) == {"viabtc"}
+    assert rogue["network"]["hashrate_hs"] == honest["network"]["hashrate_hs"]
+    assert {r["region"] for r in rogue["regions"]} == {"US", "KZ", "CN"}
+
+
+def test_merging_partials_sums_per_key() -> None:
+    row = ["p", "US", 2.0, 10.0, 50.0, 300.0, 5.0]
+    merged = merge_partials([
+        {"t_eval": 10.0, "max_event_ts": 12.0, "windows": {"300": [row]}},
+        {"t_eval": 10.0, "max_event_ts": 11.0, "windows": {"300": [row, ["q", "KZ", 1.0, 4.0,
+                                                                       16.0, 200.0, 4.0]]}},
+    ])
+    assert merged is not None and merged.max_event_ts == 12.0
+    assert merged.windows[300.0][("p", "US")] == SampleTotals(4.0, 20.0, 100.0, 300.0, 5.0)
+    assert merge_partials([]) is None
+
+
+def test_history_points_cover_network_regions_and_subdivisions() -> None:
+    points = history_points(_build(_sample()), 60.0)
+    assert set(points) == {"network", "US", "KZ", "CN", "US-TX", "CN-SC"}
+    assert points["network"]["share"] == 1.0
+    assert points["US"]["share"] == pytest.approx(0.36)
