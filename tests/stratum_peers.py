@@ -5,9 +5,10 @@ Neither shares code with `streams.proxy`: they are written from the Stratum conv
 test passes only if the proxy relays what real peers say to each other.
 
 Jobs come from a real block (height 722010): its version, previous hash, time (the first job;
-later ones count on by a second each) and bits, and its real coinbase transaction (witness stripped) cut after the BIP 34 height push, where the
-extranonce1 + extranonce2 bytes go. The merkle branch is empty, so the header's merkle root is
-the txid of the coinbase the miner built: real SHA-256d work over an 80-byte header.
+later ones count on by a second each) and bits, and its real coinbase transaction (witness
+stripped) cut after the BIP 34 height push, where the extranonce1 + extranonce2 bytes go. The
+merkle branch is empty, so the header's merkle root is the txid of the coinbase the miner built:
+real SHA-256d work over an 80-byte header.
 
 Conventions (as cgminer and ckpool use them): `mining.notify` carries the previous hash with
 each 4-byte word byte-swapped, version, bits and time as big-endian hex; `mining.submit` carries

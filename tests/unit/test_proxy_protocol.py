@@ -8,6 +8,7 @@ from typing import Any
 import iptocc
 import pytest
 
+from streams.commands.proxy import parse_host_port
 from streams.contracts import ShareBatchEvent, decode_input
 from streams.proxy.accounting import (
     MAX_ZERO_BACKFILL_INTERVALS,
@@ -25,8 +26,8 @@ from streams.proxy.protocol import (
     parse_configure_result,
     parse_difficulty,
     parse_message,
-    parse_subscribe_result,
     parse_submit,
+    parse_subscribe_result,
 )
 
 NOTIFY_TAIL = ["00" * 32, "01", "02", [], "20000000", "170a8bb4", "61ff6e64", True]
@@ -57,7 +58,8 @@ def notify(job_id: str) -> Request:
 
 
 def submit(message_id: Any, job_id: str, worker: str = "alice.1") -> Request:
-    return request(message_id, "mining.submit", [worker, job_id, "00000001", "61ff6e64", "1a2b3c4d"])
+    return request(message_id, "mining.submit",
+                   [worker, job_id, "00000001", "61ff6e64", "1a2b3c4d"])
 
 
 # ---- framing and parsing -----------------------------------------------------------------------
@@ -223,10 +225,10 @@ def test_pool_messages_are_relayed_verbatim() -> None:
     for message in (notify("j9"), request(None, "mining.set_difficulty", [8]),
                     request(77, "client.get_version", []),
                     request(None, "client.show_message", ["hello"])):
-        assert relay.from_upstream(message).to_miner == [message.raw]
+        assert relay.from_upstream(message).to_miner == [message.raw + b"\n"]
     # The miner's answer to the pool's own request goes back unchanged.
     answer = response(77, "cgminer/4.11")
-    assert relay.from_miner(answer).to_upstream == [answer.raw]
+    assert relay.from_miner(answer).to_upstream == [answer.raw + b"\n"]
 
 
 def test_reconnect_replays_the_handshake_and_moves_the_miner_to_the_new_extranonce() -> None:
@@ -386,3 +388,24 @@ def test_accountant_refuses_bad_difficulty() -> None:
         accountant.credit("US", 0.0, "w", 1.5)
     with pytest.raises(ValueError):
         ShareAccountant("p", 0.0, started_at=1.0)
+
+
+def test_upstream_option_parsing() -> None:
+    assert parse_host_port("pool.example:3333") == ("pool.example", 3333)
+    assert parse_host_port("[2001:db8::1]:443") == ("2001:db8::1", 443)
+    for bad in ("pool.example", ":3333", "pool:0", "pool:70000", "pool:x"):
+        with pytest.raises(ValueError):
+            parse_host_port(bad)
+
+
+def test_superseded_handshake_request_is_answered_with_an_error_when_the_pool_goes() -> None:
+    relay = StratumRelay()
+    relay.upstream_connected()
+    relay.from_miner(request(1, "mining.subscribe", []))
+    relay.from_miner(request(2, "mining.subscribe", ["again"]))
+    lost = decoded(relay.upstream_lost().to_miner)
+    assert [(m["id"], m["error"][0]) for m in lost] == [(1, 20)]
+    (sent,) = decoded(relay.upstream_connected().to_upstream)
+    assert sent["params"] == ["again"]
+    out = relay.from_upstream(response(sent["id"], [[], "ee000005", 4]))
+    assert decoded(out.to_miner)[0]["id"] == 2
