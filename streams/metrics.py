@@ -45,6 +45,11 @@ SNAPSHOT_PUBLISH_SECONDS = Histogram(
 ALERTS_PUBLISHED = Counter(
     "hashatlas_alerts_published_total", "Regional shift alert state changes", ["state"]
 )
+LABEL_OVERFLOW = Counter(
+    "hashatlas_label_overflow_total",
+    "Share batches credited under an overflow label because a cap was reached (pool, series)",
+    ["cap"],
+)
 CHECKPOINTS = Counter(
     "hashatlas_checkpoints_total", "Partition state checkpoints written to the changelog"
 )

@@ -20,8 +20,13 @@ import orjson
 from streams.contracts import InvalidEvent, ShareBatchEvent, decode_input
 from streams.core.blocks import BestChain, BlockFacts, PoolDirectory, describe_block
 from streams.core.network import network_hashrate_from_blocks
+from streams.core.regions import UNKNOWN_REGION
 from streams.core.shares import ShareOutcome, ShareWindows
+from streams.metrics import LABEL_OVERFLOW
 from streams.settings import Settings
+
+#: Where shares of pools beyond the cap are credited (nothing is dropped).
+OVERFLOW_POOL = "other"
 
 
 def encode_checkpoint(body: dict[str, Any]) -> bytes:
@@ -55,6 +60,25 @@ class ShareBatchPartition:
     max_event_ts: float = 0.0
     unacked: list[Any] = field(default_factory=list)
     last_checkpoint: float = 0.0
+    max_pools: int = 256
+    max_keys: int = 4096
+
+    def labels(self, pool: str, region: str) -> tuple[str, str, str | None]:
+        """The labels to credit under, capped so a label flood cannot exhaust memory: a new
+        pool beyond ``max_pools`` is credited to ``other``, a new (pool, region) beyond
+        ``max_keys`` to the pool's ``ZZ`` if it has one, else to (``other``, ``ZZ``): at most
+        ``max_keys`` + 1 series. The third value names the cap that applied."""
+        windows = self.windows
+        if windows.holds(pool, region):
+            return pool, region, None
+        overflow = None
+        if not windows.knows_pool(pool) and windows.pool_count >= self.max_pools:
+            pool, overflow = OVERFLOW_POOL, "pool"
+        if not windows.holds(pool, region) and windows.key_count >= self.max_keys:
+            region, overflow = UNKNOWN_REGION, "series"
+            if not windows.holds(pool, region):
+                pool = OVERFLOW_POOL
+        return pool, region, overflow
 
     def apply(self, raw: bytes | None) -> ShareOutcome:
         """Credit one ``share_batch`` message; raise InvalidEvent for anything else."""
@@ -63,10 +87,16 @@ class ShareBatchPartition:
         event = decode_input(raw)
         if not isinstance(event, ShareBatchEvent):
             raise InvalidEvent("type", f"expected share_batch, got {event.type}")
-        outcome = self.windows.add_batch(
-            event.pool, event.region, event.start, event.end, event.count,
-            event.difficulty_sum, event.difficulty_sq_sum,
-        )
+        pool, region, overflow = self.labels(event.pool, event.region)
+        if overflow is not None:
+            LABEL_OVERFLOW.labels(overflow).inc()
+        try:
+            outcome = self.windows.add_batch(
+                pool, region, event.start, event.end, event.count,
+                event.difficulty_sum, event.difficulty_sq_sum,
+            )
+        except ValueError as exc:  # e.g. a batch longer than the windows can place
+            raise InvalidEvent("end", str(exc)) from None
         if outcome is ShareOutcome.CREDITED and event.end > self.max_event_ts:
             self.max_event_ts = event.end
         return outcome
@@ -81,12 +111,15 @@ class ShareBatchPartition:
     @classmethod
     def restore(cls, raw: bytes | None, settings: Settings) -> ShareBatchPartition:
         if raw is None:
-            return cls(windows=new_share_windows(settings))
+            return cls(windows=new_share_windows(settings), max_pools=settings.max_pools,
+                       max_keys=settings.max_series)
         body = decode_checkpoint(raw)
         return cls(
             windows=ShareWindows.from_state(body["windows"]),
             next_offset=int(body["next_offset"]),
             max_event_ts=float(body["max_event_ts"]),
+            max_pools=settings.max_pools,
+            max_keys=settings.max_series,
         )
 
     def partial(self, t_eval: float, windows_s: list[float]) -> dict[str, Any]:

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     fine_bucket_s: float = Field(default=10.0, gt=0.0)
     coarse_bucket_s: float = Field(default=300.0, gt=0.0)
     dedup_capacity: int = Field(default=200_000, ge=0)
+    max_pools: int = Field(default=256, ge=1)
+    max_series: int = Field(default=4096, ge=1)
     checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
     settle_s: float = Field(default=2.0, ge=0.0)
     snapshot_interval_s: float = Field(default=1.0, gt=0.0)

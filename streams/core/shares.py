@@ -296,6 +296,21 @@ class ShareWindows:
         """The (pool, region) keys that hold retained buckets."""
         return list(self._row_keys)
 
+    def holds(self, pool: str, region: str) -> bool:
+        """Whether (pool, region) has a row (cheap: for label caps on the hot path)."""
+        return (pool, region) in self._rows
+
+    @property
+    def key_count(self) -> int:
+        return len(self._row_keys)
+
+    @property
+    def pool_count(self) -> int:
+        return len(self._pools)
+
+    def knows_pool(self, pool: str) -> bool:
+        return pool in self._pools
+
     def stored_buckets(self) -> int:
         """Number of non-empty bucket slots over both resolutions (a memory measure)."""
         rows = len(self._row_keys)

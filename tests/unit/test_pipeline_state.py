@@ -1,0 +1,89 @@
+"""Per-partition worker state: label caps, checkpoints that restore exactly, junk rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.contracts import InvalidEvent
+from streams.core.blocks import load_pool_directory
+from streams.pipeline_state import (
+    OVERFLOW_POOL,
+    ChainPartition,
+    MarketPartition,
+    ShareBatchPartition,
+)
+from streams.settings import Settings
+
+T0 = 1_795_000_000.0
+POOLS_FILE = Path(__file__).resolve().parents[2] / "streams" / "data" / "pools-v2.json"
+
+
+def _batch(pool: str, region: str, t: float, count: int = 10) -> bytes:
+    return orjson.dumps({"type": "share_batch", "pool": pool, "region": region, "start": t,
+                         "end": t + 5.0, "count": count, "difficulty_sum": count * 4.0,
+                         "difficulty_sq_sum": count * 16.0})
+
+
+def test_a_label_flood_is_capped_and_nothing_is_lost() -> None:
+    settings = Settings(max_pools=5, max_series=12)
+    state = ShareBatchPartition.restore(None, settings)
+    regions = ["US", "KZ", "CN", "RU", "CA", "DE", "MY", "IR", "NO", "SE"]
+    for i in range(1000):  # 1000 fake pools over 10 regions
+        state.apply(_batch(f"pool-{i}", regions[i % 10], T0 + i * 0.01))
+    keys = state.windows.keys()
+    assert len(keys) <= 12 + 1  # the cap, plus the (other, ZZ) row it overflows into
+    assert len({pool for pool, _ in keys}) <= 5 + 1
+    assert any(pool == OVERFLOW_POOL for pool, _ in keys)
+    estimates = state.windows.estimates(T0 + 20.0, 300.0)
+    assert sum(e.difficulty_sum for e in estimates.values()) == pytest.approx(1000 * 40.0)
+
+
+def test_share_state_checkpoint_restores_exactly() -> None:
+    settings = Settings()
+    state = ShareBatchPartition.restore(None, settings)
+    for i in range(50):
+        state.apply(_batch("foundry-usa" if i % 2 else "antpool", "US-TX" if i % 3 else "KZ",
+                           T0 + 7.0 * i))
+    state.next_offset = 50
+    restored = ShareBatchPartition.restore(state.checkpoint(), settings)
+    assert restored.next_offset == 50 and restored.max_event_ts == state.max_event_ts
+    now = T0 + 400.0
+    assert restored.partial(now, settings.windows_s) == state.partial(now, settings.windows_s)
+
+
+def test_junk_is_rejected_with_a_field() -> None:
+    state = ShareBatchPartition.restore(None, Settings())
+    for raw, field in ((None, "$"), (b"{}", "type"), (b'{"type":"price","ts":1,"btc_usd":2}',
+                                                       "type")):
+        with pytest.raises(InvalidEvent) as error:
+            state.apply(raw)
+        assert error.value.field == field
+    too_long = orjson.dumps({"type": "share_batch", "pool": "p", "region": "US", "start": T0,
+                             "end": T0 + 7200.0, "count": 1, "difficulty_sum": 1.0,
+                             "difficulty_sq_sum": 1.0})
+    with pytest.raises(InvalidEvent, match="end"):
+        state.apply(too_long)
+
+
+def test_chain_checkpoint_restores_the_chain(shared_data: Path) -> None:
+    pools = load_pool_directory(POOLS_FILE)
+    state = ChainPartition.restore(None, pools)
+    for line in (shared_data / "real_blocks.jsonl").read_bytes().splitlines():
+        state.apply(line)
+    state.next_offset = 5
+    restored = ChainPartition.restore(state.checkpoint(), pools)
+    assert [b.pool for b in restored.chain.blocks()] == [b.pool for b in state.chain.blocks()]
+    assert [b.work for b in restored.chain.blocks()] == [b.work for b in state.chain.blocks()]
+    assert restored.summary(2016) == state.summary(2016)
+
+
+def test_market_keeps_the_newest_price_whatever_the_order() -> None:
+    state = MarketPartition.restore(None)
+    state.apply(b'{"type":"price","ts":20,"btc_usd":2.0}')
+    state.apply(b'{"type":"price","ts":10,"btc_usd":1.0}')
+    assert state.btc_usd == 2.0
+    restored = MarketPartition.restore(state.checkpoint())
+    assert (restored.btc_usd, restored.ts) == (2.0, 20.0)
