@@ -105,9 +105,11 @@ class CheckpointedInput(Generic[S]):
     async def process(self, events: list[Any]) -> None:
         """Apply a batch, dead-letter what cannot be used, checkpoint when due."""
         dead: list[bytes] = []
+        owned = {tp.partition for tp in self.app.consumer.assignment()
+                 if tp.topic == self.topic_name}
         for event in events:
             message = event.message
-            if not self.owns(message.partition):
+            if message.partition not in owned:
                 continue  # revoked while buffered: its new owner applies it
             state = self.state(message.partition)
             if message.offset < state.next_offset:

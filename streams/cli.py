@@ -11,8 +11,10 @@ from pathlib import Path
 from api import command as api_command
 from streams.commands import blocks as blocks_command
 from streams.commands import cbeci as cbeci_command
+from streams.commands import evaluate as evaluate_command
 from streams.commands import feeds as feeds_command
 from streams.commands import proxy as proxy_command
+from streams.commands import simulate as simulate_command
 from streams.settings import PROJECT_ROOT, get_settings
 
 
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
     demo.set_defaults(func=_demo)
 
-    for module in (api_command, blocks_command, cbeci_command, feeds_command, proxy_command):
+    for module in (api_command, blocks_command, cbeci_command, evaluate_command, feeds_command,
+                   proxy_command, simulate_command):
         module.add_parser(sub)
     return parser
 

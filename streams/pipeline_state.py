@@ -128,10 +128,10 @@ class ShareBatchPartition:
         out: dict[str, list[list[Any]]] = {}
         for window in windows_s:
             rows = []
-            for (pool, region), est in self.windows.estimates(t_eval, window).items():
-                if est.share_count > 0 or est.difficulty_sum > 0:
-                    rows.append([pool, region, est.share_count, est.difficulty_sum,
-                                 est.difficulty_sq_sum, est.effective_seconds, est.share_scale])
+            for (pool, region), t in self.windows.window_totals(t_eval, window).items():
+                if t.share_count > 0 or t.difficulty_sum > 0:
+                    rows.append([pool, region, t.share_count, t.difficulty_sum,
+                                 t.difficulty_sq_sum, t.effective_seconds, t.share_scale])
             out[str(int(window))] = rows
         return {"t_eval": t_eval, "max_event_ts": self.max_event_ts, "windows": out}
 

@@ -97,6 +97,17 @@ class WindowEstimate:
     share_scale: float
 
 
+@dataclass(frozen=True)
+class WindowTotals:
+    """A key's window content before the interval is computed (see `WindowEstimate`)."""
+
+    share_count: float
+    difficulty_sum: float
+    difficulty_sq_sum: float
+    effective_seconds: float
+    share_scale: float
+
+
 @dataclass
 class ShareCounters:
     """Totals of shares by outcome (a batch adds its count)."""
@@ -439,6 +450,10 @@ class ShareWindows:
             return ShareOutcome.LATE
         row = self._row(pool, region)
         for ring in (self._fine, self._coarse):
+            first = ring.bucket_of(start)
+            if first == ring.bucket_of(end):  # the usual batch: one bucket, no numpy needed
+                ring.add_one(row, first, *values)
+                continue
             buckets, fractions = _overlaps(start, end, ring.bucket_s)
             ring.add_many(row, buckets, fractions[:, None] * np.asarray(values)[None, :])
         self._note_pool_event(pool, region, start, 0.0, end)
@@ -460,6 +475,26 @@ class ShareWindows:
         of 3.689·s per T_eff (unbounded if the key never had a share). `se_hs` is the plain
         2³²·√Σd²/T_eff.
         """
+        result: dict[Key, WindowEstimate] = {}
+        for key, totals in self.window_totals(now, window_s).items():
+            scale = HASHES_PER_DIFFICULTY / totals.effective_seconds
+            dsum, dsq = totals.difficulty_sum, totals.difficulty_sq_sum
+            lower, upper = compound_poisson_interval(dsum, dsq, 0.95, totals.share_scale)
+            result[key] = WindowEstimate(
+                hashrate_hs=dsum * scale,
+                ci95_hs=(lower * scale, upper * scale),
+                se_hs=math.sqrt(dsq) * scale,
+                share_count=totals.share_count,
+                difficulty_sum=dsum,
+                difficulty_sq_sum=dsq,
+                effective_seconds=totals.effective_seconds,
+                share_scale=totals.share_scale,
+            )
+        return result
+
+    def window_totals(self, now: float, window_s: float) -> dict[Key, WindowTotals]:
+        """What `estimates` is computed from, without the intervals: mergeable totals per key,
+        cheap enough to publish every second (the intervals cost far more than the sums)."""
         if not (window_s > 0.0 and math.isfinite(window_s)):
             raise ValueError(f"window_s must be positive and finite, got {window_s}")
         if not math.isfinite(now):
@@ -493,7 +528,7 @@ class ShareWindows:
         weights = np.where(index == first_bucket, weights * fraction[:, None], weights)
         sums = np.einsum("ks,ksc->kc", weights, ring.data[:rows])
         history = self._coarse.data[:rows].sum(axis=1)
-        result: dict[Key, WindowEstimate] = {}
+        result: dict[Key, WindowTotals] = {}
         for row, key in enumerate(self._row_keys):
             effective = float(t_eff[row])
             if effective <= 0.0:
@@ -510,19 +545,8 @@ class ShareWindows:
                 dsq = max(dsq - clock.origin_difficulty**2, 0.0)
                 if dsum == 0.0:
                     count, dsq = 0.0, 0.0
-            scale = HASHES_PER_DIFFICULTY / effective
             share_scale = float(history[row, 2] / history[row, 1]) if history[row, 1] > 0 else 0.0
-            lower, upper = compound_poisson_interval(dsum, dsq, 0.95, share_scale)
-            result[key] = WindowEstimate(
-                hashrate_hs=dsum * scale,
-                ci95_hs=(lower * scale, upper * scale),
-                se_hs=math.sqrt(dsq) * scale,
-                share_count=count,
-                difficulty_sum=dsum,
-                difficulty_sq_sum=dsq,
-                effective_seconds=effective,
-                share_scale=share_scale,
-            )
+            result[key] = WindowTotals(count, dsum, dsq, effective, share_scale)
         return result
 
     # ---- bookkeeping ---------------------------------------------------------------------

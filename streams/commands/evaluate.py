@@ -1,0 +1,85 @@
+"""`hashatlas evaluate --truth FILE`: how close the pipeline came to a simulation's truth."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `evaluate`."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="compare the pipeline's estimates and alerts with a simulation's truth",
+        description="Read the truth written by `hashatlas simulate --truth` and the estimates "
+        "the pipeline published for the same span (from Redis or the HTTP API); print share and "
+        "hashrate errors per region, detection delay per shock, misses and false alarms.",
+    )
+    parser.add_argument("--truth", type=Path, required=True, metavar="FILE.jsonl")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-redis", action="store_true",
+                        help="read history and alerts from Redis (HASHATLAS_REDIS_URL, _PREFIX)")
+    source.add_argument("--from-api", metavar="URL",
+                        help="read them from the HTTP API at URL (e.g. http://127.0.0.1:8000)")
+    parser.add_argument("--intervals-from-kafka", action="store_true",
+                        help="also read every snapshot on the estimates topic to measure how "
+                        "often the 95 %% intervals held the truth")
+    parser.add_argument("--warmup", type=float, default=None, metavar="S",
+                        help="seconds after the start left out (default 900: windows fill up)")
+    parser.add_argument("--min-change-pp", type=float, default=None, metavar="PP",
+                        help="smallest true change of a country's share an alert must catch "
+                        "(default 1.0)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json")
+    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
+                        help="plot truth vs estimate (needs matplotlib)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streams.settings import get_settings
+    from streams.sim import evaluate as ev
+
+    settings = get_settings()
+    try:
+        truth = ev.load_truth(args.truth)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot use truth {args.truth}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    start, end = truth.start, truth.end
+    try:
+        if args.from_redis:
+            history, alerts = ev.read_from_redis(settings.redis_url, settings.redis_prefix,
+                                                 start, end)
+        else:
+            series = [ev.NETWORK, *truth.shares]
+            history, alerts = ev.read_from_api(args.from_api, series, start, end,
+                                               step_s=settings.history_step_s)
+    except Exception as exc:  # any reader failure is reported, not a traceback
+        print(f"error: cannot read the estimates: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    snapshots = None
+    if args.intervals_from_kafka:
+        from streams.kafka import client_options
+
+        snapshots = asyncio.run(ev.read_estimates_topic(
+            client_options(settings), settings.topics.estimates, start, end))
+    options = {}
+    if args.warmup is not None:
+        options["warmup_s"] = args.warmup
+    if args.min_change_pp is not None:
+        options["min_change_pp"] = args.min_change_pp
+    report = ev.evaluate(truth, history, alerts, snapshots, **options)
+    print(ev.format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(ev.report_json(report), indent=2), encoding="utf-8")
+    if args.plot is not None:
+        try:
+            ev.write_plot(report, truth, history, args.plot)
+        except ImportError:
+            print("warning: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+    return 0
