@@ -183,6 +183,9 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_request_size=16_777_216,
         broker_commit_interval=1.0,
         topic_allow_declare=True,
+        # Unacknowledged events wait for a checkpoint; at shutdown they are simply redelivered
+        # to the next owner (and skipped if its checkpoint already covers them).
+        stream_wait_empty=False,
     )
     keys = RedisKeys(settings.redis_prefix)
     redis = aioredis.Redis.from_url(settings.redis_url)
