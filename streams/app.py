@@ -171,8 +171,33 @@ def estimation_config(settings: Settings) -> EstimationConfig:
     )
 
 
+def read_committed_worker_consumers() -> None:
+    """Make Faust's worker consumer read only committed messages.
+
+    Faust asks for ``read_committed`` only when it runs transactions itself
+    (processing_guarantee exactly_once), which this pipeline does not need: its state is
+    effectively-once by checkpoints. But ``share-batches`` is written in transactions by the
+    compactor, and the batches of a transaction it aborted (killed, or cut off from the broker,
+    mid-flush) must stay invisible, or they are credited and then credited again when the
+    compactor re-sends them. Idempotent."""
+    from faust.transport.drivers import aiokafka as driver
+
+    create = driver.AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "read_committed", False):
+        return
+
+    def create_read_committed(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._isolation_level = "read_committed"  # read when the consumer starts
+        return consumer
+
+    create_read_committed.read_committed = True  # type: ignore[attr-defined]
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_read_committed  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> faust.App:
     """The Faust app with its agents, timers and the snapshot leader."""
+    read_committed_worker_consumers()
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",

@@ -13,13 +13,14 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
     TypeAdapter,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -31,6 +32,9 @@ MAX_LABEL_LENGTH = 64
 MAX_COINBASE_HEX = 200_000
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+#: 2100-01-01: later "Unix seconds" are a unit mistake (ms, µs) or garbage, not a time.
+MAX_TIMESTAMP = 4_102_444_800
+Timestamp = Annotated[float, Field(allow_inf_nan=False, gt=0, lt=MAX_TIMESTAMP)]
 
 
 class InvalidEvent(ValueError):
@@ -51,13 +55,28 @@ def _normalise_region(value: object) -> object:
     return value
 
 
-def _label(value: object) -> object:
-    if isinstance(value, str):
-        if not value or len(value) > MAX_LABEL_LENGTH:
-            raise ValueError(f"must be 1 to {MAX_LABEL_LENGTH} characters")
-        if not value.isprintable():
-            raise ValueError("must not contain control characters")
+def _label(value: str) -> str:
+    if not value or len(value) > MAX_LABEL_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_LABEL_LENGTH} characters")
+    if not value.isprintable():
+        raise ValueError("must not contain control characters")
     return value
+
+
+def _hex_matching(pattern: re.Pattern[str], message: str) -> BeforeValidator:
+    def check(value: object) -> object:
+        if isinstance(value, str):
+            value = value.lower()
+            if not pattern.match(value):
+                raise ValueError(message)
+        return value
+
+    return BeforeValidator(check)
+
+
+PoolLabel = Annotated[str, AfterValidator(_label)]
+RegionCode = Annotated[str, BeforeValidator(_normalise_region)]
+Hash64 = Annotated[str, _hex_matching(HEX64, "must be 64 hex digits")]
 
 
 class _Event(BaseModel):
@@ -68,24 +87,15 @@ class ShareEvent(_Event):
     """One accepted (or rejected) share at the difficulty the pool assigned."""
 
     type: Literal["share"]
-    ts: FiniteFloat = Field(gt=0)
-    pool: str
+    ts: Timestamp
+    pool: PoolLabel
     worker: str | None = None
-    region: str | None = None
+    region: RegionCode | None = None
     ip: str | None = None
     difficulty: FiniteFloat = Field(gt=0)
     accepted: StrictBool = True
     id: str | None = Field(default=None, max_length=128)
 
-    @field_validator("pool")
-    @classmethod
-    def _pool_label(cls, value: str) -> object:
-        return _label(value)
-
-    @field_validator("region", mode="before")
-    @classmethod
-    def _region_code(cls, value: object) -> object:
-        return _normalise_region(value)
 
     @model_validator(mode="after")
     def _located(self) -> ShareEvent:
@@ -98,23 +108,14 @@ class ShareBatchEvent(_Event):
     """Shares a proxy already summed per pool, region and interval (the fast path)."""
 
     type: Literal["share_batch"]
-    start: FiniteFloat = Field(gt=0)
-    end: FiniteFloat = Field(gt=0)
-    pool: str
-    region: str
+    start: Timestamp
+    end: Timestamp
+    pool: PoolLabel
+    region: RegionCode
     count: int = Field(ge=0, strict=True)
     difficulty_sum: FiniteFloat = Field(ge=0)
     difficulty_sq_sum: FiniteFloat = Field(ge=0)
 
-    @field_validator("pool")
-    @classmethod
-    def _pool_label(cls, value: str) -> object:
-        return _label(value)
-
-    @field_validator("region", mode="before")
-    @classmethod
-    def _region_code(cls, value: object) -> object:
-        return _normalise_region(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> ShareBatchEvent:
@@ -141,47 +142,22 @@ class BlockEvent(_Event):
 
     type: Literal["block"]
     height: int = Field(ge=0, strict=True)
-    hash: str
-    prev_hash: str | None = None
-    time: int = Field(gt=0)
-    bits: str
-    coinbase_hex: str | None = Field(default=None, max_length=MAX_COINBASE_HEX)
+    hash: Hash64
+    prev_hash: Hash64 | None = None
+    time: int = Field(gt=0, lt=MAX_TIMESTAMP)
+    bits: Annotated[str, _hex_matching(HEX_BITS, "must be 8 hex digits (compact target)")]
+    coinbase_hex: Annotated[
+        str, _hex_matching(HEX_ANY, "must be an even number of hex digits")
+    ] | None = Field(default=None, max_length=MAX_COINBASE_HEX)
     coinbase_value_sat: int | None = Field(default=None, ge=0)
     pool: str | None = None
-
-    @field_validator("hash", "prev_hash", mode="before")
-    @classmethod
-    def _hex64(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.lower()
-            if not HEX64.match(value):
-                raise ValueError("must be 64 hex digits")
-        return value
-
-    @field_validator("bits", mode="before")
-    @classmethod
-    def _bits(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.lower()
-            if not HEX_BITS.match(value):
-                raise ValueError("must be 8 hex digits (compact target)")
-        return value
-
-    @field_validator("coinbase_hex", mode="before")
-    @classmethod
-    def _hex(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.lower()
-            if not HEX_ANY.match(value):
-                raise ValueError("must be an even number of hex digits")
-        return value
 
 
 class PriceEvent(_Event):
     """A BTC/USD price observation, for hashprice."""
 
     type: Literal["price"]
-    ts: FiniteFloat = Field(gt=0)
+    ts: Timestamp
     btc_usd: FiniteFloat = Field(gt=0)
     source: str | None = None
 
@@ -222,7 +198,7 @@ def decode_input(raw: bytes | str | dict[str, Any]) -> InputEventT:
     if not isinstance(payload, dict):
         raise InvalidEvent("$", "must be a JSON object")
     kind = payload.get("type")
-    if kind not in INPUT_TAGS:
+    if not isinstance(kind, str) or kind not in INPUT_TAGS:
         raise InvalidEvent("type", f"unknown event type {str(kind)[:40]!r}")
     try:
         return _input_adapter.validate_python(payload)

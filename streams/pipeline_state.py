@@ -166,9 +166,10 @@ class ChainPartition:
             raise InvalidEvent("type", f"expected block, got {event.type}")
         try:
             facts = describe_block(event.model_dump(mode="json", exclude_none=True), self.pools)
+        except InvalidEvent:
+            raise
         except ValueError as exc:
-            field_name = getattr(exc, "field", "$")
-            raise InvalidEvent(field_name, getattr(exc, "reason", str(exc))) from None
+            raise InvalidEvent("$", str(exc)) from None
         self.chain.add(facts)
         self.changed = True
         return facts

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from streams.commands.feeds import add_block_commands
+from streams.contracts import InvalidEvent
 from streams.core.blocks import (
-    BlockEventError,
     BlockFacts,
     PoolDirectory,
     describe_block,
@@ -68,9 +68,9 @@ def _describe_line(line: str, pools: PoolDirectory) -> BlockFacts:
     try:
         event = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise BlockEventError("$", f"not valid JSON ({exc.msg})") from None
+        raise InvalidEvent("$", f"not valid JSON ({exc.msg})") from None
     if not isinstance(event, dict):
-        raise BlockEventError("$", "must be a JSON object")
+        raise InvalidEvent("$", "must be a JSON object")
     return describe_block(event, pools)
 
 
@@ -92,7 +92,7 @@ def run_describe(args: argparse.Namespace) -> int:
             continue
         try:
             facts = _describe_line(line, pools)
-        except BlockEventError as exc:
+        except InvalidEvent as exc:
             bad_lines += 1
             print(f"{args.file}:{number}: field {exc.field!r}: {exc.reason}", file=sys.stderr)
             continue

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from streams.contracts import InvalidEvent
+
 SAT_PER_BTC = 100_000_000
 INITIAL_SUBSIDY_SAT = 50 * SAT_PER_BTC
 HALVING_INTERVAL = 210_000
@@ -399,15 +401,6 @@ def load_pool_directory(path: str | Path) -> PoolDirectory:
 # ---- block events ------------------------------------------------------------------------------
 
 
-class BlockEventError(ValueError):
-    """A block event that cannot be used; ``field`` names the culprit for the dead-letter."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class BlockFacts:
     height: int
@@ -433,12 +426,12 @@ def _hex64_field(event: Mapping[str, Any], field: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _HEX64.fullmatch(value.lower()):
-        raise BlockEventError(field, "must be 64 hex digits")
+        raise InvalidEvent(field, "must be 64 hex digits")
     return value.lower()
 
 
 def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None) -> BlockFacts:
-    """Turn one ``block`` event into its facts; BlockEventError names the bad field.
+    """Turn one ``block`` event into its facts; InvalidEvent names the bad field.
 
     The pool comes from the coinbase (payout address, then tag) when ``coinbase_hex`` and a pool
     directory are given; a pool the feed names (``pool``: name or slug) is used when the coinbase
@@ -446,27 +439,27 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
     """
     kind = event.get("type", "block")
     if kind != "block":
-        raise BlockEventError("type", f"expected 'block', got {kind!r}")
+        raise InvalidEvent("type", f"expected 'block', got {kind!r}")
     height = event.get("height")
     if isinstance(height, bool) or not isinstance(height, int) or height < 0:
-        raise BlockEventError("height", "must be a non-negative integer")
+        raise InvalidEvent("height", "must be a non-negative integer")
     block_hash = _hex64_field(event, "hash")
     if block_hash is None:
-        raise BlockEventError("hash", "missing")
+        raise InvalidEvent("hash", "missing")
     prev_hash = _hex64_field(event, "prev_hash")
     time = event.get("time")
     if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
-        raise BlockEventError("time", "must be a finite number of Unix seconds")
+        raise InvalidEvent("time", "must be a finite number of Unix seconds")
     if time <= 0:
-        raise BlockEventError("time", "must be positive Unix seconds")
+        raise InvalidEvent("time", "must be positive Unix seconds")
     if "bits" not in event:
-        raise BlockEventError("bits", "missing")
+        raise InvalidEvent("bits", "missing")
     try:
         bits = f"{_bits_to_int(event['bits']):08x}"
         difficulty = difficulty_from_bits(bits)
         work = work_from_bits(bits)
     except ValueError as exc:
-        raise BlockEventError("bits", str(exc)) from None
+        raise InvalidEvent("bits", str(exc)) from None
 
     declared_value = event.get("coinbase_value_sat")
     if declared_value is not None and (
@@ -474,25 +467,25 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
         or not isinstance(declared_value, int)
         or declared_value < 0
     ):
-        raise BlockEventError("coinbase_value_sat", "must be a non-negative integer")
+        raise InvalidEvent("coinbase_value_sat", "must be a non-negative integer")
 
     feed_pool = event.get("pool")
     if feed_pool is not None and (not isinstance(feed_pool, str) or not feed_pool.strip()):
-        raise BlockEventError("pool", "must be a non-empty string")
+        raise InvalidEvent("pool", "must be a non-empty string")
 
     match = UNKNOWN_POOL
     coinbase_value = declared_value
     coinbase_hex = event.get("coinbase_hex")
     if coinbase_hex is not None:
         if not isinstance(coinbase_hex, str):
-            raise BlockEventError("coinbase_hex", "must be a hex string")
+            raise InvalidEvent("coinbase_hex", "must be a hex string")
         try:
             coinbase = parse_coinbase(coinbase_hex)
         except ValueError as exc:
-            raise BlockEventError("coinbase_hex", str(exc)) from None
+            raise InvalidEvent("coinbase_hex", str(exc)) from None
         coinbase_value = coinbase.total_out_sat
         if declared_value is not None and declared_value != coinbase_value:
-            raise BlockEventError(
+            raise InvalidEvent(
                 "coinbase_value_sat",
                 f"{declared_value} differs from the coinbase outputs' total {coinbase_value}",
             )
@@ -514,7 +507,7 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
             try:
                 match = PoolMatch(name=feed_pool, slug=pool_slug(feed_pool), method="feed")
             except ValueError as exc:
-                raise BlockEventError("pool", str(exc)) from None
+                raise InvalidEvent("pool", str(exc)) from None
 
     return BlockFacts(
         height=height,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from streams.commands.blocks import add_parser
+from streams.contracts import InvalidEvent
 from streams.core.blocks import (
     BestChain,
-    BlockEventError,
     BlockFacts,
     PoolDirectory,
     base58_encode,
@@ -546,14 +546,14 @@ def test_describe_block_names_bad_field(
     real_blocks: dict[int, dict[str, Any]], change: dict[str, Any], field: str
 ) -> None:
     event = {**real_blocks[722010], **change}
-    with pytest.raises(BlockEventError) as caught:
+    with pytest.raises(InvalidEvent) as caught:
         describe_block(event)
     assert caught.value.field == field
 
 
 def test_describe_block_missing_bits(real_blocks: dict[int, dict[str, Any]]) -> None:
     event = {k: v for k, v in real_blocks[722010].items() if k != "bits"}
-    with pytest.raises(BlockEventError, match="bits: missing"):
+    with pytest.raises(InvalidEvent, match="bits: missing"):
         describe_block(event)
 
 
