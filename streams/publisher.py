@@ -30,6 +30,7 @@ from streams.metrics import ALERTS_PUBLISHED, SNAPSHOT_PUBLISH_SECONDS, SNAPSHOT
 from streams.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
+from streams.webhook import AlertWebhook
 
 log = logging.getLogger("hashatlas.publisher")
 
@@ -50,6 +51,12 @@ class SnapshotPublisher:
         self.detector = ShiftDetector()
         self.last_step: float | None = None
         self._loaded = False
+        self.webhook = (
+            AlertWebhook(settings.alert_webhook_url,
+                         settings.alert_webhook_secret.get_secret_value()
+                         if settings.alert_webhook_secret else "")
+            if settings.alert_webhook_url else None
+        )
 
     def _restore(self, body: dict[str, Any]) -> None:
         self.detector = ShiftDetector.from_state(body["detector"])
@@ -151,6 +158,8 @@ class SnapshotPublisher:
         for alert in alerts:
             await self.send(self.settings.topics.alerts, orjson.dumps(alert))
             ALERTS_PUBLISHED.labels(alert["state"]).inc()
+            if self.webhook is not None:
+                self.webhook.offer(alert)
         SNAPSHOTS_PUBLISHED.inc()
         SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         return snapshot

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     cors_origins: list[str] = Field(default_factory=list)
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: SecretStr | None = None
     worker_web_port: int = 6066
     metrics_port_base: int = 9110
     metrics_host: str = "127.0.0.1"
