@@ -30,6 +30,7 @@ from streams.core.shares import ShareOutcome
 from streams.core.snapshot import EstimationConfig
 from streams.metrics import (
     CHECKPOINTS,
+    CONSUMER_LAG,
     EVENT_TIME_LAG,
     EVENTS_CONSUMED,
     EVENTS_DEAD_LETTERED,
@@ -96,6 +97,17 @@ class CheckpointedInput(Generic[S]):
         for tp in self.app.consumer.assignment():
             if tp.topic == self.topic_name:
                 self.state(tp.partition)
+
+    def lag(self) -> int:
+        """Messages of the owned partitions not applied yet (end of log − next offset)."""
+        behind = 0
+        for tp in self.app.consumer.assignment():
+            state = self.states.get(tp.partition) if tp.topic == self.topic_name else None
+            if state is not None:
+                end = self.app.consumer.highwater(tp)
+                if end is not None:
+                    behind += max(0, end - state.next_offset)
+        return behind
 
     def revoke(self, revoked: set[TP]) -> None:
         for tp in revoked:
@@ -290,6 +302,7 @@ def create_app(settings: Settings) -> faust.App:
     async def write_partials_once() -> None:
         for checkpointed in inputs:
             checkpointed.restore_owned()
+            CONSUMER_LAG.labels(checkpointed.topic_name).set(checkpointed.lag())
         # After Redis restarted empty, what the states hold is written again at once.
         chain_missing = not await redis.exists(keys.partial("blocks"))
         market_missing = not await redis.exists(keys.partial("market"))

@@ -50,6 +50,8 @@ LABEL_OVERFLOW = Counter(
     "Share batches credited under an overflow label because a cap was reached (pool, series)",
     ["cap"],
 )
+for _state in ("firing", "resolved"):  # exported at 0 before the first alert
+    ALERTS_PUBLISHED.labels(_state)
 CHECKPOINTS = Counter(
     "hashatlas_checkpoints_total", "Partition state checkpoints written to the changelog"
 )
