@@ -20,11 +20,18 @@ import signal
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 
 from streams.contracts import DeadLetter, InvalidEvent, ShareBatchEvent, ShareEvent, decode_input
 from streams.core.compaction import summarise_shares
@@ -42,6 +49,13 @@ from streams.settings import Settings
 log = logging.getLogger("hashatlas.compactor")
 
 _NUMBER = (int, float)
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    """``orjson.dumps``, right-sized. orjson 3.12+ returns bytes that keep its whole 4 KiB
+    working buffer allocated, and a flush holds up to 500,000 of these at once: ~20× the memory
+    of the JSON itself. Joining copies into an object of the exact size (~0.1 µs)."""
+    return b"".join((orjson.dumps(body), b""))
 
 
 class RecentIds:
@@ -71,7 +85,7 @@ class PendingFlush:
     passthrough: list[tuple[float, bytes, bytes]] = field(default_factory=list)
     dead_letters: list[bytes] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    newest_event_ts: float = 0.0
+    newest_event_ts: float = 0.0  # of the slow path's events; the fast path's are in ``ts``
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.passthrough) + len(self.dead_letters)
@@ -90,6 +104,7 @@ class ShareCompactor:
         self._keys: dict[tuple[str, str], int] = {}
         self._key_list: list[tuple[str, str]] = []
         self._regions: dict[str, str | None] = {}
+        self._raw_keys: dict[tuple[str, str], int] = {}
         self._ids = RecentIds(settings.dedup_capacity)
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -118,37 +133,59 @@ class ShareCompactor:
             self._key_list.append(key)
         return key_id
 
-    def ingest(self, raw: bytes | None, topic: str, partition: int, offset: int) -> None:
-        """Take one message from ``shares``: credit it, pass it through, or dead-letter it."""
+    def _raw_key_id(self, pool: str, region_raw: str) -> int:
+        """Key id for a share's raw (pool, region) labels, or -1 if either is unusable; cached,
+        so a repeated pair costs one dict lookup instead of two validations."""
+        key_id = -1
+        if 0 < len(pool) <= 64 and pool.isprintable():
+            region = self._region(region_raw)
+            if region is not None:
+                key_id = self._key_id(pool, region)
+        if len(self._raw_keys) < 100_000:
+            self._raw_keys[(pool, region_raw)] = key_id
+        return key_id
+
+    def ingest(self, messages: Sequence[ConsumerRecord[Any, bytes]], topic: str,
+               partition: int) -> None:
+        """Take messages from one partition of ``shares``: credit, pass through, or dead-letter.
+
+        The fast path (a plain accepted share, no id, known labels) is inlined here with every
+        name bound locally: it runs once per share, and the per-message cost sets the
+        compactor's rate.
+        """
         pending = self.pending
-        payload: Any = None
-        if raw is not None and len(raw) <= self.settings.max_message_bytes:
-            try:
-                payload = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                payload = None
-        # Fast path: a plain accepted share with a known region and no id.
-        if type(payload) is dict and payload.get("type") == "share":
-            ts: Any = payload.get("ts")
-            diff: Any = payload.get("difficulty")
-            pool: Any = payload.get("pool")
-            region_raw: Any = payload.get("region")
-            if (
-                type(ts) in _NUMBER and type(diff) in _NUMBER and type(pool) is str
-                and type(region_raw) is str and payload.get("id") is None
-                and payload.get("accepted", True) is True
-                and 0 < ts < math.inf and 0 < diff < math.inf and 0 < len(pool) <= 64
-                and pool.isprintable()
-            ):
-                region = self._region(region_raw)
-                if region is not None:
-                    pending.key_ids.append(self._key_id(pool, region))
-                    pending.ts.append(float(ts))
-                    pending.difficulty.append(float(diff))
-                    if ts > pending.newest_event_ts:
-                        pending.newest_event_ts = ts
-                    return
-        self._ingest_slow(raw, topic, partition, offset)
+        add_key, add_ts, add_diff = (pending.key_ids.append, pending.ts.append,
+                                     pending.difficulty.append)
+        raw_keys = self._raw_keys
+        max_bytes = self.settings.max_message_bytes
+        loads, decode_error, number, inf = orjson.loads, orjson.JSONDecodeError, _NUMBER, math.inf
+        for message in messages:
+            raw = message.value
+            payload: Any = None
+            if raw is not None and len(raw) <= max_bytes:
+                try:
+                    payload = loads(raw)
+                except decode_error:
+                    payload = None
+            if type(payload) is dict and payload.get("type") == "share":
+                ts: Any = payload.get("ts")
+                diff: Any = payload.get("difficulty")
+                pool: Any = payload.get("pool")
+                region_raw: Any = payload.get("region")
+                if (
+                    type(ts) in number and type(diff) in number and type(pool) is str
+                    and type(region_raw) is str and 0 < ts < inf and 0 < diff < inf
+                    and payload.get("id") is None and payload.get("accepted", True) is True
+                ):
+                    key_id = raw_keys.get((pool, region_raw))
+                    if key_id is None:
+                        key_id = self._raw_key_id(pool, region_raw)
+                    if key_id >= 0:
+                        add_key(key_id)
+                        add_ts(float(ts))
+                        add_diff(float(diff))
+                        continue
+            self._ingest_slow(raw, topic, partition, message.offset)
 
     def _ingest_slow(self, raw: bytes | None, topic: str, partition: int, offset: int) -> None:
         raw_bytes = raw or b""
@@ -208,7 +245,7 @@ class ShareCompactor:
             raise InvalidEvent("region", f"unknown ISO 3166 code {event.region!r}")
         body = event.model_dump(mode="json")
         body["region"] = region
-        self.pending.passthrough.append((event.start, event.pool.encode(), orjson.dumps(body)))
+        self.pending.passthrough.append((event.start, event.pool.encode(), _json(body)))
         self.pending.newest_event_ts = max(self.pending.newest_event_ts, event.end)
 
     # ---- flushing ---------------------------------------------------------------------------
@@ -220,11 +257,12 @@ class ShareCompactor:
         totals = summarise_shares(pending.key_ids, pending.ts, pending.difficulty, self.bucket_s)
         out: list[tuple[float, bytes, bytes]] = list(pending.passthrough)
         keys = self._key_list
+        if len(totals):
+            SHARES.labels("credited").inc(int(totals.count.sum()))
         for i in range(len(totals)):
             pool, region = keys[int(totals.key_ids[i])]
             count = int(totals.count[i])
-            SHARES.labels("credited").inc(count)
-            out.append((float(totals.start[i]), pool.encode(), orjson.dumps({
+            out.append((float(totals.start[i]), pool.encode(), _json({
                 "type": "share_batch", "pool": pool, "region": region,
                 "start": float(totals.start[i]), "end": float(totals.end[i]), "count": count,
                 "difficulty_sum": float(totals.difficulty_sum[i]),
@@ -249,8 +287,9 @@ class ShareCompactor:
                 {tp: offset + 1 for tp, offset in pending.offsets.items()}, self.group_id
             )
         SHARE_BATCHES_EMITTED.inc(len(batches))
-        if pending.newest_event_ts:
-            EVENT_TIME_LAG.labels(self.topics.shares).set(time.time() - pending.newest_event_ts)
+        newest = max(pending.newest_event_ts, max(pending.ts, default=0.0))
+        if newest:
+            EVENT_TIME_LAG.labels(self.topics.shares).set(time.time() - newest)
         self.pending = PendingFlush()
 
     # ---- running ----------------------------------------------------------------------------
@@ -290,13 +329,10 @@ class ShareCompactor:
             while not self._stopping.is_set():
                 records = await self.consumer.getmany(timeout_ms=100, max_records=100_000)
                 for tp, messages in records.items():
-                    ingest = self.ingest
-                    topic, partition = tp.topic, tp.partition
-                    for message in messages:
-                        ingest(message.value, topic, partition, message.offset)
                     if messages:
+                        self.ingest(messages, tp.topic, tp.partition)
                         self.pending.offsets[tp] = messages[-1].offset
-                        EVENTS_CONSUMED.labels(topic).inc(len(messages))
+                        EVENTS_CONSUMED.labels(tp.topic).inc(len(messages))
                         last_data = time.monotonic()
                 now = time.monotonic()
                 due = now - last_flush >= self.settings.compact_interval_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,9 +15,12 @@ from typing import Any
 
 import orjson
 import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.core.regions import country_of
 from streams.core.shares import ShareWindows
+from streams.kafka import client_options
 from streams.pipeline_state import new_share_windows
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
@@ -127,3 +131,67 @@ def core_regional_sample(events: list[dict[str, Any]], settings: Settings,
         country = country_of(region)
         out[country] = out.get(country, 0.0) + est.hashrate_hs
     return out
+
+
+async def _assigned_consumer(settings: Settings, topic: str, isolation_level: str
+                             ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    tps = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False,
+                                isolation_level=isolation_level)
+    await consumer.start()
+    consumer.assign(tps)
+    return consumer, tps
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    """The topic's partition ids, from the broker (a consumer knows only what it subscribed)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = sorted(int(p["partition"]) for p in described[0]["partitions"])
+    if not partitions:
+        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+    return partitions
+
+
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    with contextlib.suppress(asyncio.CancelledError):  # aiokafka 0.14 on a group-less stop
+        await consumer.stop()
+
+
+async def topic_ends(settings: Settings, topic: str) -> dict[int, int]:
+    """High watermark of each partition."""
+    consumer, tps = await _assigned_consumer(settings, topic, "read_uncommitted")
+    try:
+        return {tp.partition: int(o) for tp, o in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await stop_quietly(consumer)
+
+
+async def data_ends(settings: Settings, topic: str) -> dict[int, int]:
+    """Per partition, the offset after the last committed data message: what a worker's
+    `next_offset` reaches on a transactional topic (whose end also counts commit markers)."""
+    consumer, tps = await _assigned_consumer(settings, topic, "read_committed")
+    try:
+        ends = await consumer.end_offsets(tps)
+        out: dict[int, int] = {}
+        for tp in tps:
+            end = int(ends[tp])
+            if end == 0:
+                continue
+            consumer.seek(tp, max(0, end - 64))
+            last = -1
+            deadline = time.monotonic() + 30.0
+            while await consumer.position(tp) < end and time.monotonic() < deadline:
+                records = await consumer.getmany(tp, timeout_ms=200)
+                for message in records.get(tp, []):
+                    last = message.offset
+            if last < 0:
+                raise RuntimeError(f"no committed data found before offset {end} in {tp}")
+            out[tp.partition] = last + 1
+        return out
+    finally:
+        await stop_quietly(consumer)

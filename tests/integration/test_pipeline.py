@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.integration.conftest import consume_all, produce
 from tests.integration.pipeline_helpers import (
     Worker,
     core_regional_sample,
+    data_ends,
     offsets_reached,
     wait_for_snapshot,
 )
@@ -61,23 +61,6 @@ async def _produce_keyed(settings: Settings, topic: str, events: list[dict[str, 
         await producer.stop()
 
 
-async def _partition_ends(settings: Settings, topic: str) -> dict[int, int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: int(offset) for tp, offset in ends.items()}
-    finally:
-        with contextlib.suppress(asyncio.CancelledError):  # aiokafka 0.14 on a group-less stop
-            await consumer.stop()
-
-
 def _assert_matches_core(snapshot: dict[str, Any], expected: dict[str, float]) -> None:
     got = {r["region"]: r["sample_hashrate_hs"] for r in snapshot["regions"]}
     assert set(got) == {k for k, v in expected.items() if v > 0}
@@ -109,7 +92,7 @@ async def test_redis_estimates_equal_the_core_on_the_same_events(
                        "region": b["region"], "difficulty": d} for t in ts)
     await _produce_keyed(settings, settings.topics.shares, events)
     await ShareCompactor(settings, instance="core-eq").run(max_idle_s=2.0)
-    ends = await _partition_ends(settings, settings.topics.compacted_shares)
+    ends = await data_ends(settings, settings.topics.compacted_shares)
 
     worker = Worker(settings, tmp_path, "w1")
     try:
@@ -132,14 +115,14 @@ async def test_two_workers_equal_one_and_a_killed_worker_loses_nothing(
 
     workers = [Worker(settings, tmp_path / "a", "w1"), Worker(settings, tmp_path / "b", "w2")]
     try:
-        ends = await _partition_ends(settings, settings.topics.compacted_shares)
+        ends = await data_ends(settings, settings.topics.compacted_shares)
         await wait_for_snapshot(settings, offsets_reached(ends), 90, workers)
         # Mid-stream: keep producing while one worker is killed without warning.
         producing = asyncio.create_task(_produce_slowly(settings, rest))
         await asyncio.sleep(1.0)
         workers[0].kill()
         await producing
-        ends = await _partition_ends(settings, settings.topics.compacted_shares)
+        ends = await data_ends(settings, settings.topics.compacted_shares)
         as_of = max(b["end"] for b in batches) - settings.settle_s
         snapshot = await wait_for_snapshot(
             settings, offsets_reached(ends, as_of), 120, workers)
