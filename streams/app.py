@@ -34,7 +34,7 @@ from streams.metrics import (
     EVENT_TIME_LAG,
     EVENTS_CONSUMED,
     EVENTS_DEAD_LETTERED,
-    SHARES,
+    SHARE_BATCHES_APPLIED,
 )
 from streams.pipeline_state import ChainPartition, MarketPartition, ShareBatchPartition
 from streams.publisher import SnapshotPublisher
@@ -228,9 +228,12 @@ def create_app(settings: Settings) -> faust.App:
     redis = aioredis.Redis.from_url(settings.redis_url)
     pools = load_pool_directory(DATA_DIR / "pools-v2.json")
 
+    batches_credited = SHARE_BATCHES_APPLIED.labels("credited")
+    batches_late = SHARE_BATCHES_APPLIED.labels("late")
+
     def apply_share_batch(state: ShareBatchPartition, raw: bytes | None) -> ShareOutcome:
         outcome = state.apply(raw)
-        SHARES.labels("credited" if outcome is ShareOutcome.CREDITED else "late").inc()
+        (batches_credited if outcome is ShareOutcome.CREDITED else batches_late).inc()
         return outcome
 
     shares = CheckpointedInput(

@@ -38,6 +38,7 @@ from streams.core.compaction import summarise_shares
 from streams.core.regions import normalise_region
 from streams.kafka import client_options
 from streams.metrics import (
+    CONSUMER_LAG,
     EVENT_TIME_LAG,
     EVENTS_CONSUMED,
     EVENTS_DEAD_LETTERED,
@@ -325,6 +326,7 @@ class ShareCompactor:
         assert self.consumer is not None and self.producer is not None
         last_flush = time.monotonic()
         last_data = time.monotonic()
+        lag: dict[TopicPartition, int] = {}
         try:
             while not self._stopping.is_set():
                 records = await self.consumer.getmany(timeout_ms=100, max_records=100_000)
@@ -334,6 +336,12 @@ class ShareCompactor:
                         self.pending.offsets[tp] = messages[-1].offset
                         EVENTS_CONSUMED.labels(tp.topic).inc(len(messages))
                         last_data = time.monotonic()
+                        end = self.consumer.highwater(tp)
+                        if end is not None:
+                            lag[tp] = max(0, end - messages[-1].offset - 1)
+                if records:
+                    CONSUMER_LAG.labels(self.topics.shares).set(
+                        sum(n for tp, n in lag.items() if tp in self.consumer.assignment()))
                 now = time.monotonic()
                 due = now - last_flush >= self.settings.compact_interval_s
                 if due or len(self.pending) > 500_000:

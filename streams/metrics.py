@@ -21,6 +21,11 @@ SHARES = Counter(
     "Shares seen, by what happened to them (credited, rejected, duplicate, late)",
     ["outcome"],
 )
+SHARE_BATCHES_APPLIED = Counter(
+    "hashatlas_share_batches_applied_total",
+    "share_batch messages a worker applied to its windows, credited or too late to count",
+    ["outcome"],
+)
 SHARE_BATCHES_EMITTED = Counter(
     "hashatlas_share_batches_emitted_total", "share_batch messages the compactor produced"
 )
