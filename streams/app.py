@@ -207,10 +207,20 @@ def read_committed_worker_consumers() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_read_committed  # type: ignore[method-assign]
 
 
+class HashatlasApp(faust.App):
+    """Waits for in-flight events during rebalances (so none is applied by two owners), but
+    not at shutdown: unacknowledged events wait for a checkpoint, and a stopping worker's are
+    simply redelivered to the next owner, which skips what its checkpoint already covers."""
+
+    async def on_stop(self) -> None:
+        self.conf.stream_wait_empty = False
+        await super().on_stop()
+
+
 def create_app(settings: Settings) -> faust.App:
     """The Faust app with its agents, timers and the snapshot leader."""
     read_committed_worker_consumers()
-    app = faust.App(
+    app = HashatlasApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -220,9 +230,9 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_request_size=16_777_216,
         broker_commit_interval=1.0,
         topic_allow_declare=True,
-        # Unacknowledged events wait for a checkpoint; at shutdown they are simply redelivered
-        # to the next owner (and skipped if its checkpoint already covers them).
-        stream_wait_empty=False,
+        # A killed worker's partitions move after 10 s, not Faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
     )
     keys = RedisKeys(settings.redis_prefix)
     redis = aioredis.Redis.from_url(settings.redis_url)

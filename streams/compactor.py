@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -33,7 +32,15 @@ from aiokafka import (
     TopicPartition,
 )
 
-from streams.contracts import DeadLetter, InvalidEvent, ShareBatchEvent, ShareEvent, decode_input
+from streams.contracts import (
+    MAX_DIFFICULTY,
+    MAX_TIMESTAMP,
+    DeadLetter,
+    InvalidEvent,
+    ShareBatchEvent,
+    ShareEvent,
+    decode_input,
+)
 from streams.core.compaction import summarise_shares
 from streams.core.regions import normalise_region
 from streams.kafka import client_options
@@ -159,7 +166,7 @@ class ShareCompactor:
                                      pending.difficulty.append)
         raw_keys = self._raw_keys
         max_bytes = self.settings.max_message_bytes
-        loads, decode_error, number, inf = orjson.loads, orjson.JSONDecodeError, _NUMBER, math.inf
+        loads, decode_error, number = orjson.loads, orjson.JSONDecodeError, _NUMBER
         for message in messages:
             raw = message.value
             payload: Any = None
@@ -175,8 +182,11 @@ class ShareCompactor:
                 region_raw: Any = payload.get("region")
                 if (
                     type(ts) in number and type(diff) in number and type(pool) is str
-                    and type(region_raw) is str and 0 < ts < inf and 0 < diff < inf
+                    and type(region_raw) is str and 0 < ts < MAX_TIMESTAMP
+                    and 0 < diff <= MAX_DIFFICULTY
                     and payload.get("id") is None and payload.get("accepted", True) is True
+                    and type(payload.get("worker", "")) is str
+                    and type(payload.get("ip", "")) is str
                 ):
                     key_id = raw_keys.get((pool, region_raw))
                     if key_id is None:
@@ -232,13 +242,15 @@ class ShareCompactor:
             if region is None:
                 raise InvalidEvent("region", f"unknown ISO 3166 code {event.region!r}")
             return region
+        import ipaddress
+
         import iptocc
 
         try:
-            country = iptocc.country_code(event.ip or "")
-        except Exception:  # iptocc raises on malformed addresses
+            ipaddress.ip_address(event.ip or "")
+        except ValueError:
             raise InvalidEvent("ip", "not an IPv4 or IPv6 address") from None
-        return country or "ZZ"
+        return iptocc.country_code(event.ip or "") or "ZZ"
 
     def _pass_batch(self, event: ShareBatchEvent) -> None:
         region = self._region(event.region)

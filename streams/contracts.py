@@ -35,6 +35,9 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 #: 2100-01-01: later "Unix seconds" are a unit mistake (ms, µs) or garbage, not a time.
 MAX_TIMESTAMP = 4_102_444_800
 Timestamp = Annotated[float, Field(allow_inf_nan=False, gt=0, lt=MAX_TIMESTAMP)]
+#: Far above any share difficulty a pool assigns (network difficulty is ~1e14), low enough
+#: that sums of squares stay finite.
+MAX_DIFFICULTY = 1e18
 
 
 class InvalidEvent(ValueError):
@@ -92,7 +95,7 @@ class ShareEvent(_Event):
     worker: str | None = None
     region: RegionCode | None = None
     ip: str | None = None
-    difficulty: FiniteFloat = Field(gt=0)
+    difficulty: FiniteFloat = Field(gt=0, le=MAX_DIFFICULTY)
     accepted: StrictBool = True
     id: str | None = Field(default=None, max_length=128)
 

@@ -20,7 +20,7 @@ import orjson
 from streams.contracts import InvalidEvent, ShareBatchEvent, decode_input
 from streams.core.blocks import BestChain, BlockFacts, PoolDirectory, describe_block
 from streams.core.network import network_hashrate_from_blocks
-from streams.core.regions import UNKNOWN_REGION
+from streams.core.regions import UNKNOWN_REGION, normalise_region
 from streams.core.shares import ShareOutcome, ShareWindows
 from streams.metrics import LABEL_OVERFLOW
 from streams.settings import Settings
@@ -87,7 +87,11 @@ class ShareBatchPartition:
         event = decode_input(raw)
         if not isinstance(event, ShareBatchEvent):
             raise InvalidEvent("type", f"expected share_batch, got {event.type}")
-        pool, region, overflow = self.labels(event.pool, event.region)
+        try:
+            region_code = normalise_region(event.region)
+        except ValueError as exc:  # well-formed but not an ISO 3166 code
+            raise InvalidEvent("region", str(exc)) from None
+        pool, region, overflow = self.labels(event.pool, region_code)
         if overflow is not None:
             LABEL_OVERFLOW.labels(overflow).inc()
         try:

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
     redis_prefix: str = "hashatlas"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
