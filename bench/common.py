@@ -49,8 +49,8 @@ from streams.rediskeys import RedisKeys  # noqa: E402
 from streams.settings import Partitions, Settings, Topics  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.pipeline_helpers import (  # noqa: E402
+    Compactor,
     Worker,
-    settings_env,
 )
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
@@ -317,30 +317,6 @@ async def wait_group_caught_up(settings: Settings, group: str, ends: dict[int, i
 
 
 # ---- the processes under test -------------------------------------------------------------------
-
-
-class Compactor:
-    """One `hashatlas compactor` subprocess with its own log (workers: tests' `Worker`)."""
-
-    def __init__(self, settings: Settings, workdir: Path, name: str, metrics_port: int) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "compactor", "--instance", name,
-             "--metrics-port", str(metrics_port)],
-            cwd=workdir, env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 def stop_processes(*processes: Worker | Compactor) -> None:

@@ -13,9 +13,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.core.regions import country_of
@@ -43,16 +45,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class Worker:
-    """One ``hashatlas worker`` subprocess with its own working folder and log."""
+class CliProcess:
+    """One ``hashatlas`` subprocess with its own working folder and log."""
 
-    def __init__(self, settings: Settings, workdir: Path, name: str, metrics_port: int = 0):
+    def __init__(self, settings: Settings, workdir: Path, name: str, args: list[str]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info",
-             "--metrics-port", str(metrics_port)],
+            [sys.executable, "-m", "streams.cli", *args],
             cwd=workdir, env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -61,11 +62,11 @@ class Worker:
         self.proc.wait(timeout=10)
         self._log.close()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
@@ -73,6 +74,69 @@ class Worker:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Worker(CliProcess):
+    """One ``hashatlas worker``."""
+
+    def __init__(self, settings: Settings, workdir: Path, name: str, metrics_port: int = 0):
+        super().__init__(settings, workdir, name,
+                         ["worker", "--loglevel", "info", "--metrics-port", str(metrics_port)])
+
+
+class Compactor(CliProcess):
+    """One ``hashatlas compactor`` (its transactional id from ``name``)."""
+
+    def __init__(self, settings: Settings, workdir: Path, name: str, metrics_port: int = 0):
+        super().__init__(settings, workdir, name,
+                         ["compactor", "--instance", name, "--metrics-port", str(metrics_port)])
+
+
+POOLS = ("foundry-usa", "antpool", "f2pool", "viabtc", "binance-pool")
+REGIONS = ("US-TX", "US-GA", "US", "CN-SC", "KZ", "CA", "RU", "MY")
+
+
+def share_batches(n: int, t0: float, span_s: float, seed: int) -> list[dict[str, Any]]:
+    """``n`` share_batch events in event-time order over ``span_s`` seconds."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        start = t0 + i * span_s / n + float(rng.uniform(0, 0.5))
+        count = int(rng.integers(1, 400))
+        diffs = rng.choice([16384.0, 65536.0, 262144.0], count)
+        out.append({
+            "type": "share_batch", "pool": str(rng.choice(POOLS)),
+            "region": str(rng.choice(REGIONS)), "start": start,
+            "end": start + float(rng.uniform(0, 5)), "count": count,
+            "difficulty_sum": float(diffs.sum()), "difficulty_sq_sum": float((diffs**2).sum()),
+        })
+    return out
+
+
+async def produce_keyed(settings: Settings, topic: str, events: list[dict[str, Any]]) -> None:
+    """Send events keyed by pool (as proxies do) and wait until Kafka has them all."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
+                                acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send(topic, value=orjson.dumps(event), key=event["pool"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def assert_matches_core(snapshot: dict[str, Any], expected: dict[str, float]) -> None:
+    """Every region's sample hashrate equals the core's on the same events (no loss, no
+    double count: either would move at least one region by far more than 1e-9)."""
+    got = {r["region"]: r["sample_hashrate_hs"] for r in snapshot["regions"]}
+    assert set(got) == {k for k, v in expected.items() if v > 0}
+    for region, value in expected.items():
+        if value > 0:
+            assert got[region] == pytest.approx(value, rel=1e-9), region
+    assert snapshot["network"]["sample_hashrate_hs"] == pytest.approx(
+        sum(expected.values()), rel=1e-9)
+    assert sum(r["share"] for r in snapshot["regions"]) == pytest.approx(1.0, abs=1e-9)
 
 
 def read_snapshot(settings: Settings) -> dict[str, Any] | None:

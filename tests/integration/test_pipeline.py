@@ -22,54 +22,14 @@ from tests.conftest import free_port
 from tests.integration.conftest import consume_all, produce
 from tests.integration.pipeline_helpers import (
     Worker,
+    assert_matches_core,
     core_regional_sample,
     data_ends,
     offsets_reached,
+    produce_keyed,
+    share_batches,
     wait_for_snapshot,
 )
-
-POOLS = ("foundry-usa", "antpool", "f2pool", "viabtc", "binance-pool")
-REGIONS = ("US-TX", "US-GA", "US", "CN-SC", "KZ", "CA", "RU", "MY")
-
-
-def _batches(n: int, t0: float, seed: int) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        start = t0 + i * 600.0 / n + rng.uniform(0, 0.5)
-        count = int(rng.integers(1, 400))
-        diffs = rng.choice([16384.0, 65536.0, 262144.0], count)
-        out.append({
-            "type": "share_batch", "pool": str(rng.choice(POOLS)),
-            "region": str(rng.choice(REGIONS)), "start": start,
-            "end": start + float(rng.uniform(0, 5)), "count": count,
-            "difficulty_sum": float(diffs.sum()), "difficulty_sq_sum": float((diffs**2).sum()),
-        })
-    return out
-
-
-async def _produce_keyed(settings: Settings, topic: str, events: list[dict[str, Any]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        for event in events:
-            await producer.send(topic, value=orjson.dumps(event), key=event["pool"].encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def _assert_matches_core(snapshot: dict[str, Any], expected: dict[str, float]) -> None:
-    got = {r["region"]: r["sample_hashrate_hs"] for r in snapshot["regions"]}
-    assert set(got) == {k for k, v in expected.items() if v > 0}
-    for region, value in expected.items():
-        if value > 0:
-            assert got[region] == pytest.approx(value, rel=1e-9), region
-    assert snapshot["network"]["sample_hashrate_hs"] == pytest.approx(sum(expected.values()),
-                                                                      rel=1e-9)
-    assert sum(r["share"] for r in snapshot["regions"]) == pytest.approx(1.0, abs=1e-9)
 
 
 async def test_redis_estimates_equal_the_core_on_the_same_events(
@@ -77,7 +37,7 @@ async def test_redis_estimates_equal_the_core_on_the_same_events(
 ) -> None:
     settings = isolated_settings
     t0 = 1_795_000_000.0
-    batches = _batches(800, t0, seed=1)
+    batches = share_batches(800, t0, 600.0, seed=1)
     # Half arrive as share_batch, half as the single shares they summarise (via the compactor),
     # in time order as a live feed would send them.
     events: list[dict[str, Any]] = []
@@ -90,7 +50,7 @@ async def test_redis_estimates_equal_the_core_on_the_same_events(
         b.update(difficulty_sq_sum=d * d * b["count"])  # singles all at the mean difficulty
         events.extend({"type": "share", "ts": float(t), "pool": b["pool"],
                        "region": b["region"], "difficulty": d} for t in ts)
-    await _produce_keyed(settings, settings.topics.shares, events)
+    await produce_keyed(settings, settings.topics.shares, events)
     await ShareCompactor(settings, instance="core-eq").run(max_idle_s=2.0)
     ends = await data_ends(settings, settings.topics.compacted_shares)
 
@@ -101,7 +61,7 @@ async def test_redis_estimates_equal_the_core_on_the_same_events(
             settings, offsets_reached(ends, as_of), 90, [worker])
     finally:
         worker.stop()
-    _assert_matches_core(snapshot, core_regional_sample(events, settings, as_of))
+    assert_matches_core(snapshot, core_regional_sample(events, settings, as_of))
 
 
 async def test_two_workers_equal_one_and_a_killed_worker_loses_nothing(
@@ -109,9 +69,9 @@ async def test_two_workers_equal_one_and_a_killed_worker_loses_nothing(
 ) -> None:
     settings = isolated_settings
     t0 = 1_795_000_000.0
-    batches = _batches(3000, t0, seed=2)
+    batches = share_batches(3000, t0, 600.0, seed=2)
     first, rest = batches[:1000], batches[1000:]
-    await _produce_keyed(settings, settings.topics.compacted_shares, first)
+    await produce_keyed(settings, settings.topics.compacted_shares, first)
 
     workers = [Worker(settings, tmp_path / "a", "w1"), Worker(settings, tmp_path / "b", "w2")]
     try:
@@ -130,7 +90,7 @@ async def test_two_workers_equal_one_and_a_killed_worker_loses_nothing(
         for worker in workers:
             if worker.proc.poll() is None:
                 worker.stop()
-    _assert_matches_core(snapshot, core_regional_sample(batches, settings, as_of))
+    assert_matches_core(snapshot, core_regional_sample(batches, settings, as_of))
 
     # The same events through one fresh worker (new consumer group) give the same numbers.
     single = settings.model_copy(update={"app_id": settings.app_id + "-one",
@@ -147,7 +107,7 @@ async def test_two_workers_equal_one_and_a_killed_worker_loses_nothing(
 
 async def _produce_slowly(settings: Settings, events: list[dict[str, Any]]) -> None:
     for i in range(0, len(events), 100):
-        await _produce_keyed(settings, settings.topics.compacted_shares, events[i:i + 100])
+        await produce_keyed(settings, settings.topics.compacted_shares, events[i:i + 100])
         await asyncio.sleep(0.15)
 
 
@@ -175,7 +135,7 @@ async def test_real_blocks_are_attributed_and_bad_input_dead_lettered(
     await produce(settings, settings.topics.blocks, [*blocks, *bad_blocks])
     await produce(settings, settings.topics.market,
                   [{"type": "price", "ts": 1_795_000_000.0, "btc_usd": 95_000.0}, *bad_market])
-    good = _batches(50, 1_795_000_000.0, seed=3)
+    good = share_batches(50, 1_795_000_000.0, 600.0, seed=3)
     await produce(settings, settings.topics.compacted_shares, [*good, *bad_batches], key=b"k")
 
     port = free_port()
