@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,17 +34,18 @@ from aiokafka import (
 
 from streams.contracts import (
     MAX_DIFFICULTY,
-    MAX_TIMESTAMP,
     DeadLetter,
     InvalidEvent,
     ShareBatchEvent,
     ShareEvent,
     decode_input,
+    latest_event_time,
 )
-from streams.core.compaction import summarise_shares
+from streams.core.compaction import KeyTable, summarise_shares
 from streams.core.regions import normalise_region
 from streams.kafka import client_options
 from streams.metrics import (
+    COMPACTOR_OVERFLOW_SHARES,
     CONSUMER_LAG,
     EVENT_TIME_LAG,
     EVENTS_CONSUMED,
@@ -102,17 +103,19 @@ class PendingFlush:
 class ShareCompactor:
     """Consume ``shares``, sum single shares, produce ``share_batch`` totals transactionally."""
 
-    def __init__(self, settings: Settings, instance: str | None = None) -> None:
+    def __init__(self, settings: Settings, instance: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.group_id = f"{settings.app_id}-compactor"
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self.bucket_s = settings.fine_bucket_s
+        self.clock = clock  # wall clock, for the bound on event times ahead of it
         self.pending = PendingFlush()
-        self._keys: dict[tuple[str, str], int] = {}
-        self._key_list: list[tuple[str, str]] = []
+        self.keys = KeyTable(settings.max_compactor_keys)
         self._regions: dict[str, str | None] = {}
         self._raw_keys: dict[tuple[str, str], int] = {}
+        self._warned_full = False
         self._ids = RecentIds(settings.dedup_capacity)
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -132,15 +135,6 @@ class ShareCompactor:
                 self._regions[raw] = code
         return code
 
-    def _key_id(self, pool: str, region: str) -> int:
-        key = (pool, region)
-        key_id = self._keys.get(key)
-        if key_id is None:
-            key_id = len(self._key_list)
-            self._keys[key] = key_id
-            self._key_list.append(key)
-        return key_id
-
     def _raw_key_id(self, pool: str, region_raw: str) -> int:
         """Key id for a share's raw (pool, region) labels, or -1 if either is unusable; cached,
         so a repeated pair costs one dict lookup instead of two validations."""
@@ -148,7 +142,7 @@ class ShareCompactor:
         if 0 < len(pool) <= 64 and pool.isprintable():
             region = self._region(region_raw)
             if region is not None:
-                key_id = self._key_id(pool, region)
+                key_id = self.keys.id_of(pool, region)
         if len(self._raw_keys) < 100_000:
             self._raw_keys[(pool, region_raw)] = key_id
         return key_id
@@ -159,8 +153,10 @@ class ShareCompactor:
 
         The fast path (a plain accepted share, no id, known labels) is inlined here with every
         name bound locally: it runs once per share, and the per-message cost sets the
-        compactor's rate.
+        compactor's rate. Event times are bounded by the clock read once per call (one poll).
         """
+        now = self.clock()
+        latest = latest_event_time(now, self.settings.max_future_skew_s)
         pending = self.pending
         add_key, add_ts, add_diff = (pending.key_ids.append, pending.ts.append,
                                      pending.difficulty.append)
@@ -182,7 +178,7 @@ class ShareCompactor:
                 region_raw: Any = payload.get("region")
                 if (
                     type(ts) in number and type(diff) in number and type(pool) is str
-                    and type(region_raw) is str and 0 < ts < MAX_TIMESTAMP
+                    and type(region_raw) is str and 0 < ts <= latest
                     and 0 < diff <= MAX_DIFFICULTY
                     and payload.get("id") is None and payload.get("accepted", True) is True
                     and type(payload.get("worker", "")) is str
@@ -196,9 +192,10 @@ class ShareCompactor:
                         add_ts(float(ts))
                         add_diff(float(diff))
                         continue
-            self._ingest_slow(raw, topic, partition, message.offset)
+            self._ingest_slow(raw, topic, partition, message.offset, now)
 
-    def _ingest_slow(self, raw: bytes | None, topic: str, partition: int, offset: int) -> None:
+    def _ingest_slow(self, raw: bytes | None, topic: str, partition: int, offset: int,
+                     now: float) -> None:
         raw_bytes = raw or b""
         try:
             if raw is None:
@@ -207,7 +204,8 @@ class ShareCompactor:
                 raise InvalidEvent(
                     "$", f"message of {len(raw)} bytes exceeds {self.settings.max_message_bytes}"
                 )
-            event = decode_input(raw)
+            event = decode_input(raw, now=now,
+                                 max_future_skew_s=self.settings.max_future_skew_s)
             if isinstance(event, ShareEvent):
                 self._credit_share(event)
             elif isinstance(event, ShareBatchEvent):
@@ -231,7 +229,7 @@ class ShareCompactor:
             return
         region = self._located_region(event)
         pending = self.pending
-        pending.key_ids.append(self._key_id(event.pool, region))
+        pending.key_ids.append(self.keys.id_of(event.pool, region))
         pending.ts.append(event.ts)
         pending.difficulty.append(event.difficulty)
         pending.newest_event_ts = max(pending.newest_event_ts, event.ts)
@@ -269,11 +267,12 @@ class ShareCompactor:
         pending = self.pending
         totals = summarise_shares(pending.key_ids, pending.ts, pending.difficulty, self.bucket_s)
         out: list[tuple[float, bytes, bytes]] = list(pending.passthrough)
-        keys = self._key_list
+        keys = self.keys
         if len(totals):
             SHARES.labels("credited").inc(int(totals.count.sum()))
+            COMPACTOR_OVERFLOW_SHARES.inc(keys.overflow_count(totals))
         for i in range(len(totals)):
-            pool, region = keys[int(totals.key_ids[i])]
+            pool, region = keys.key(int(totals.key_ids[i]))
             count = int(totals.count[i])
             out.append((float(totals.start[i]), pool.encode(), _json({
                 "type": "share_batch", "pool": pool, "region": region,
@@ -304,6 +303,19 @@ class ShareCompactor:
         if newest:
             EVENT_TIME_LAG.labels(self.topics.shares).set(time.time() - newest)
         self.pending = PendingFlush()
+        if self.keys.full:
+            self._forget_keys()
+
+    def _forget_keys(self) -> None:
+        """Start an empty key table (nothing pending refers to the old ids after a flush), so
+        pools of a label flood are let go and real pools get their own keys back."""
+        if not self._warned_full:
+            log.warning("the key table reached max_compactor_keys (%d): shares of further "
+                        "pools were summed under 'other' until the flush "
+                        "(hashatlas_compactor_overflow_shares_total)", self.keys.capacity)
+            self._warned_full = True
+        self.keys = KeyTable(self.settings.max_compactor_keys)
+        self._raw_keys.clear()
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -356,7 +368,7 @@ class ShareCompactor:
                         sum(n for tp, n in lag.items() if tp in self.consumer.assignment()))
                 now = time.monotonic()
                 due = now - last_flush >= self.settings.compact_interval_s
-                if due or len(self.pending) > 500_000:
+                if due or len(self.pending) > 500_000 or self.keys.full:
                     await self.flush()
                     last_flush = now
                 if max_idle_s is not None and now - last_data > max_idle_s:

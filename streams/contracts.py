@@ -8,7 +8,9 @@ with a reason a feed operator can act on.
 from __future__ import annotations
 
 import base64
+import math
 import re
+import time
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -24,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from streams.settings import get_settings
+
 REGION_PATTERN = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX_BITS = re.compile(r"^[0-9a-f]{8}$")
@@ -35,6 +39,9 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 #: 2100-01-01: later "Unix seconds" are a unit mistake (ms, µs) or garbage, not a time.
 MAX_TIMESTAMP = 4_102_444_800
 Timestamp = Annotated[float, Field(allow_inf_nan=False, gt=0, lt=MAX_TIMESTAMP)]
+#: Bitcoin nodes accept a block up to two hours ahead of their clock (a consensus rule), so a
+#: block may be that much further ahead than other events.
+MAX_FUTURE_BLOCK_TIME_S = 7200.0
 #: Far above any share difficulty a pool assigns (network difficulty is ~1e14), low enough
 #: that sums of squares stay finite.
 MAX_DIFFICULTY = 1e18
@@ -189,8 +196,41 @@ INPUT_TAGS = frozenset({"share", "share_batch", "block", "price"})
 InputEventT = ShareEvent | ShareBatchEvent | BlockEvent | PriceEvent
 
 
-def decode_input(raw: bytes | str | dict[str, Any]) -> InputEventT:
-    """Parse and validate one input message; raise :class:`InvalidEvent` naming the bad field."""
+def latest_event_time(now: float, max_future_skew_s: float) -> float:
+    """The latest event time accepted at wall-clock ``now``: a little clock skew is tolerated,
+    but a time further ahead would make every real event behind it late (and none is valid
+    from 2100 on)."""
+    return min(now + max_future_skew_s, math.nextafter(MAX_TIMESTAMP, 0.0))
+
+
+def _refuse_future_times(event: InputEventT, now: float, max_future_skew_s: float) -> None:
+    times: tuple[tuple[str, float], ...]
+    bound, allowed = "max_future_skew_s", max_future_skew_s
+    if isinstance(event, ShareBatchEvent):
+        times = (("start", event.start), ("end", event.end))
+    elif isinstance(event, BlockEvent):
+        times = (("time", event.time),)
+        bound, allowed = "2 h + max_future_skew_s", MAX_FUTURE_BLOCK_TIME_S + max_future_skew_s
+    else:
+        times = (("ts", event.ts),)
+    latest = latest_event_time(now, allowed)
+    for field, value in times:
+        if value > latest:
+            raise InvalidEvent(field, f"{value - now:.0f} s ahead of the wall clock, more than "
+                                      f"{bound} ({allowed:g} s) allows")
+
+
+def decode_input(
+    raw: bytes | str | dict[str, Any],
+    *,
+    now: float | None = None,
+    max_future_skew_s: float | None = None,
+) -> InputEventT:
+    """Parse and validate one input message; raise :class:`InvalidEvent` naming the bad field.
+
+    Event times may be at most ``max_future_skew_s`` (default: the process's setting) ahead of
+    ``now`` (default: the wall clock), so one event from the future cannot silence the rest.
+    """
     if isinstance(raw, dict):
         payload: Any = raw
     else:
@@ -204,9 +244,15 @@ def decode_input(raw: bytes | str | dict[str, Any]) -> InputEventT:
     if not isinstance(kind, str) or kind not in INPUT_TAGS:
         raise InvalidEvent("type", f"unknown event type {str(kind)[:40]!r}")
     try:
-        return _input_adapter.validate_python(payload)
+        event = _input_adapter.validate_python(payload)
     except ValidationError as exc:
         raise InvalidEvent(*_field_and_reason(dict(exc.errors()[0]))) from None
+    _refuse_future_times(
+        event,
+        time.time() if now is None else now,
+        get_settings().max_future_skew_s if max_future_skew_s is None else max_future_skew_s,
+    )
+    return event
 
 
 # ---- outputs -----------------------------------------------------------------------------------

@@ -55,6 +55,11 @@ LABEL_OVERFLOW = Counter(
     "Share batches credited under an overflow label because a cap was reached (pool, series)",
     ["cap"],
 )
+COMPACTOR_OVERFLOW_SHARES = Counter(
+    "hashatlas_compactor_overflow_shares_total",
+    "Single shares the compactor summed under pool 'other' because its key table was full "
+    "(max_compactor_keys)",
+)
 for _state in ("firing", "resolved"):  # exported at 0 before the first alert
     ALERTS_PUBLISHED.labels(_state)
 CHECKPOINTS = Counter(

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     dedup_capacity: int = Field(default=200_000, ge=0)
     max_pools: int = Field(default=256, ge=1)
     max_series: int = Field(default=4096, ge=1)
+    #: How far ahead of the wall clock an event time may be (feeds' clock skew); a later one
+    #: is dead-lettered, as it would make every real event of its partition late.
+    max_future_skew_s: float = Field(default=300.0, ge=0.0)
+    #: Distinct (pool, region) keys the compactor holds; beyond, new pools are summed under
+    #: ``other`` until the next flush, so a label flood cannot exhaust its memory.
+    max_compactor_keys: int = Field(default=100_000, ge=1)
     checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
     settle_s: float = Field(default=2.0, ge=0.0)
     snapshot_interval_s: float = Field(default=1.0, gt=0.0)

@@ -58,3 +58,56 @@ def summarise_shares(
         difficulty_sum=np.add.reduceat(diffs, starts),
         difficulty_sq_sum=np.add.reduceat(diffs * diffs, starts),
     )
+
+
+#: Where shares of pools beyond the key table's cap are summed (the workers' overflow pool).
+OVERFLOW_POOL = "other"
+
+
+class KeyTable:
+    """Dense ids for (pool, region) keys, so shares can be summed by array index.
+
+    At most ``capacity`` keys: once full, a new pool's shares go to (``other``, region), whose
+    keys stay few (one per region), so a flood of invented labels cannot exhaust memory and no
+    share is lost. The owner empties the table when nothing pending refers to its ids any more.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: dict[tuple[str, str], int] = {}
+        self._overflow_ids: dict[str, int] = {}  # by region; apart from a real pool "other"
+        self._keys: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def full(self) -> bool:
+        return len(self._ids) >= self.capacity
+
+    def id_of(self, pool: str, region: str) -> int:
+        """The key's id, made if new; the region's overflow key's once the table is full."""
+        key_id = self._ids.get((pool, region))
+        if key_id is not None:
+            return key_id
+        if self.full:
+            key_id = self._overflow_ids.get(region)
+            if key_id is None:
+                key_id = self._overflow_ids[region] = self._append((OVERFLOW_POOL, region))
+            return key_id
+        key_id = self._ids[(pool, region)] = self._append((pool, region))
+        return key_id
+
+    def _append(self, key: tuple[str, str]) -> int:
+        self._keys.append(key)
+        return len(self._keys) - 1
+
+    def key(self, key_id: int) -> tuple[str, str]:
+        return self._keys[key_id]
+
+    def overflow_count(self, totals: ShareTotals) -> int:
+        """Shares of ``totals`` summed under an overflow key because the table was full."""
+        if not self._overflow_ids or not len(totals):
+            return 0
+        overflow = np.fromiter(self._overflow_ids.values(), dtype=np.int64)
+        return int(totals.count[np.isin(totals.key_ids, overflow)].sum())

@@ -93,3 +93,26 @@ async def test_rejected_and_duplicate_shares_are_not_credited(isolated_settings:
         settings, settings.topics.compacted_shares, expected=1, timeout_s=5)]
     assert sum(b["count"] for b in batches) == 2
     assert sum(b["difficulty_sum"] for b in batches) == 200.0
+
+
+async def test_a_label_flood_loses_no_share_and_the_key_table_is_let_go(
+    isolated_settings: Settings,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def overflow() -> float:
+        return REGISTRY.get_sample_value("hashatlas_compactor_overflow_shares_total") or 0.0
+
+    settings = isolated_settings.model_copy(update={"max_compactor_keys": 20})
+    shares = [_share(1_732_400_000.0 + i * 0.01, 4.0, pool=f"flood-{i}") for i in range(500)]
+    await produce(settings, settings.topics.shares, list(shares))
+    before = overflow()
+    compactor = ShareCompactor(settings, instance="t-flood")
+    await compactor.run(max_idle_s=2.0)
+
+    batches = [orjson.loads(raw) for raw in await consume_all(
+        settings, settings.topics.compacted_shares, expected=10**6, timeout_s=5)]
+    assert sum(b["count"] for b in batches) == len(shares)
+    folded = sum(b["count"] for b in batches if b["pool"] == "other")
+    assert folded > 0 and overflow() - before == folded
+    assert not compactor.keys.full  # emptied by the flush that followed the flood

@@ -6,8 +6,10 @@ the field and the reason. So ``decode_input`` and the partitions' ``apply`` may 
 accounts for every message (credited, passed through, rejected, duplicate or dead-lettered);
 and its fast path credits exactly what the full validation accepts.
 
-The ``xfail(strict=True)`` tests at the end pin defects found here (see their reasons): they
-fail loudly once the pipeline is fixed, so the marker can then be removed.
+The tests at the end pin defects found here, fixed since: they keep them from coming back.
+
+The compactor and the decoder are given one fixed clock, ``NOW``, where their verdicts are
+compared: event times more than ``max_future_skew_s`` ahead of the clock are refused.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import iptocc
 import orjson
 import pytest
 from aiokafka import ConsumerRecord
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from streams.compactor import ShareCompactor
 from streams.contracts import (
+    MAX_FUTURE_BLOCK_TIME_S,
     BlockEvent,
     InvalidEvent,
     PriceEvent,
@@ -40,10 +43,12 @@ from streams.core.blocks import load_pool_directory
 from streams.core.regions import normalise_region
 from streams.core.shares import ShareOutcome
 from streams.pipeline_state import ChainPartition, MarketPartition, ShareBatchPartition
-from streams.settings import Settings
+from streams.settings import Settings, get_settings
 from tests.conftest import PROJECT_ROOT, SHARED_DATA
 
 T0 = 1_795_000_000.0
+NOW = T0 + 3600.0  # the clock the compactor and the decoder are given
+SKEW = Settings().max_future_skew_s
 YEAR_2100 = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 TOPIC = "shares"
 POOLS = load_pool_directory(PROJECT_ROOT / "streams" / "data" / "pools-v2.json")
@@ -77,7 +82,13 @@ REAL_BLOCKS = _real_blocks()
 # ---- strategies ---------------------------------------------------------------------------------
 
 printable_labels = st.text(min_size=1, max_size=64).filter(str.isprintable)
-event_times = st.floats(min_value=1.2e9, max_value=4.1e9, allow_nan=False)
+# Times a feed may send (up to T0, before the wall clock), and times too far ahead of NOW to
+# accept that are still before 2100 (the absolute bound).
+event_times = st.floats(min_value=1.2e9, max_value=T0)
+future_times = st.one_of(st.floats(min_value=NOW + SKEW + 0.001, max_value=YEAR_2100,
+                                   exclude_max=True),
+                         st.integers(min_value=int(NOW + SKEW) + 1,
+                                     max_value=int(YEAR_2100) - 1))
 difficulties = st.one_of(st.floats(min_value=1e-3, max_value=1e15),
                          st.integers(min_value=1, max_value=10**15))
 
@@ -159,10 +170,10 @@ def corrupted_events(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
 # ---- decode_input -------------------------------------------------------------------------------
 
 
-def _decode_or_named(raw: bytes | dict[str, Any]) -> Any:
+def _decode_or_named(raw: bytes | dict[str, Any], now: float | None = None) -> Any:
     """decode_input's result, or its InvalidEvent after checking it names a field."""
     try:
-        return decode_input(raw)
+        return decode_input(raw, now=now)
     except InvalidEvent as error:
         assert error.field, f"InvalidEvent without a field for {raw!r:.200}"
         assert error.reason
@@ -250,14 +261,15 @@ def test_non_finite_numbers_as_strings_name_the_field(text: str, field: str) -> 
     (YEAR_2100, False), (1e13, False), (float(2**64), False), (1e308, False),
 ])
 def test_times_are_bounded_to_before_2100(ts: float, valid: bool) -> None:
-    """Later "Unix seconds" are a unit mistake (ms, µs) or garbage (contracts, MAX_TIMESTAMP)."""
+    """Later "Unix seconds" are a unit mistake (ms, µs) or garbage (contracts, MAX_TIMESTAMP),
+    even to a clock that has reached 2100."""
     raw = orjson.dumps({"type": "share", "ts": ts, "pool": "p", "region": "US",
                         "difficulty": 1.0})
     if valid:
-        assert decode_input(raw).ts == ts  # type: ignore[union-attr]
+        assert decode_input(raw, now=YEAR_2100).ts == ts  # type: ignore[union-attr]
     else:
         with pytest.raises(InvalidEvent) as caught:
-            decode_input(raw)
+            decode_input(raw, now=YEAR_2100)
         assert caught.value.field == "ts"
 
 
@@ -349,6 +361,8 @@ def _dead_share_messages() -> st.SearchStrategy[bytes | None]:
         st.just(orjson.dumps({**batch, "difficulty_sq_sum": 5.0})),  # above (Σd)²
         st.just(orjson.dumps({**batch, "region": "XX"})),
         st.just(orjson.dumps({**batch, "end": T0 - 1})),
+        future_times.map(lambda t: orjson.dumps({**share, "ts": t})),
+        future_times.map(lambda t: orjson.dumps({**batch, "start": t, "end": t})),
         st.sampled_from(REAL_BLOCKS).map(orjson.dumps),
         st.just(orjson.dumps({"type": "price", "ts": T0, "btc_usd": 1.0})),
         st.just(orjson.dumps({**share, "worker": "w" * 5000})),  # above max_message_bytes
@@ -403,7 +417,8 @@ def _expected_region(share: dict[str, Any]) -> str:
 def test_compactor_accounts_for_every_message(
     traffic: list[tuple[bytes | None, str, dict[str, Any]]], chunk: int
 ) -> None:
-    compactor = ShareCompactor(Settings(max_message_bytes=4096, dedup_capacity=1000))
+    compactor = ShareCompactor(Settings(max_message_bytes=4096, dedup_capacity=1000),
+                               clock=lambda: NOW)
     before = {outcome: _share_counter(outcome) for outcome in ("rejected", "duplicate")}
     records = [_record(raw, offset) for offset, (raw, _, _) in enumerate(traffic)]
     for i in range(0, len(records), chunk):
@@ -431,8 +446,7 @@ def test_compactor_accounts_for_every_message(
     credited = sorted((share["pool"], _expected_region(share), float(share["ts"]),
                        float(share["difficulty"]))
                       for _, outcome, share in traffic if outcome == "credited")
-    keys = compactor._key_list
-    got = sorted((*keys[k], t, d) for k, t, d in zip(pending.key_ids, pending.ts,
+    got = sorted((*compactor.keys.key(k), t, d) for k, t, d in zip(pending.key_ids, pending.ts,
                                                     pending.difficulty, strict=True))
     assert got == credited
 
@@ -452,7 +466,7 @@ def test_compactor_accounts_for_every_message(
                           corrupted_events().map(lambda case: orjson.dumps(case[0]))),
                 min_size=1, max_size=30))
 def test_compactor_loses_nothing_whatever_arrives(messages: list[bytes]) -> None:
-    compactor = ShareCompactor(Settings())
+    compactor = ShareCompactor(Settings(), clock=lambda: NOW)
     before = {outcome: _share_counter(outcome) for outcome in ("rejected", "duplicate")}
     compactor.ingest([_record(raw, i) for i, raw in enumerate(messages)], TOPIC, 0)
     pending = compactor.pending
@@ -470,11 +484,9 @@ def share_like(draw: st.DrawFn) -> dict[str, Any]:
     share.pop("worker", None)
     for name in draw(st.sets(st.sampled_from(["ts", "difficulty", "pool", "region",
                                               "accepted"]), max_size=2)):
-        share[name] = draw(st.one_of(json_values, st.sampled_from(
-            [*UNASSIGNED_REGIONS, " us-tx ", "us", "ß", True, 0, -1.0, 1e308, 2**63])))
-    # A numeric ts from 2100 on is pinned by its own xfail test below.
-    ts = share.get("ts")
-    assume(not (isinstance(ts, int | float) and not isinstance(ts, bool) and ts >= YEAR_2100))
+        share[name] = draw(st.one_of(json_values, future_times, st.sampled_from(
+            [*UNASSIGNED_REGIONS, " us-tx ", "us", "ß", True, 0, -1.0, 1e308, 2**63,
+             NOW + SKEW, NOW + SKEW + 0.001, YEAR_2100])))
     return share
 
 
@@ -483,12 +495,15 @@ def share_like(draw: st.DrawFn) -> dict[str, Any]:
 @example({"type": "share", "ts": T0, "pool": "p", "region": "ß", "difficulty": 1.0})
 @example({"type": "share", "ts": True, "pool": "p", "region": "US", "difficulty": 1.0})
 @example({"type": "share", "ts": T0, "pool": "p", "region": "US", "difficulty": 5e-324})
+@example({"type": "share", "ts": NOW + SKEW, "pool": "p", "region": "US", "difficulty": 1.0})
+@example({"type": "share", "ts": int(NOW + SKEW) + 1, "pool": "p", "region": "US",
+          "difficulty": 1.0})
 def test_fast_path_credits_exactly_what_full_validation_accepts(share: dict[str, Any]) -> None:
-    compactor = ShareCompactor(Settings())
+    compactor = ShareCompactor(Settings(), clock=lambda: NOW)
     rejected_before = _share_counter("rejected")
     compactor.ingest([_record(orjson.dumps(share), 0)], TOPIC, 0)
     credited = len(compactor.pending.ts) == 1
-    event: Any = _decode_or_named(orjson.dumps(share))
+    event: Any = _decode_or_named(orjson.dumps(share), now=NOW)
     region: str | None = None
     if isinstance(event, ShareEvent) and event.region is not None:
         try:
@@ -499,7 +514,7 @@ def test_fast_path_credits_exactly_what_full_validation_accepts(share: dict[str,
     assert credited == usable, (share, event)
     if credited:
         assert isinstance(event, ShareEvent)
-        assert compactor._key_list[compactor.pending.key_ids[0]] == (event.pool, region)
+        assert compactor.keys.key(compactor.pending.key_ids[0]) == (event.pool, region)
         assert compactor.pending.ts == [event.ts]
         assert compactor.pending.difficulty == [event.difficulty]
     elif isinstance(event, ShareEvent) and not event.accepted:
@@ -615,11 +630,10 @@ def test_a_huge_difficulty_does_not_take_good_shares_down_with_it() -> None:
     assert credited >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "times are bounded only by 2100-01-01: one share_batch a year ahead moves the partition's "
-    "latest event time, and the fine-retention rule then makes every later real event late, "
-    "for all pools"))
 def test_one_event_far_in_the_future_does_not_silence_the_rest() -> None:
+    """Once times were bounded only by 2100: one share_batch a year ahead moved the partition's
+    latest event time, and the fine-retention rule then made every later real event late, for
+    all pools. The workers decode with the wall clock, hence a year from now."""
     state = ShareBatchPartition.restore(None, Settings())
 
     def batch(pool: str, start: float) -> bytes:
@@ -630,9 +644,107 @@ def test_one_event_far_in_the_future_does_not_silence_the_rest() -> None:
 
     assert state.apply(batch("antpool", T0)) is ShareOutcome.CREDITED
     with contextlib.suppress(InvalidEvent):  # rejecting it outright is a fix too
-        state.apply(batch("evil", T0 + 365 * 86400.0))
+        state.apply(batch("evil", time.time() + 365 * 86400.0))
     assert state.apply(batch("antpool", T0 + 10.0)) is ShareOutcome.CREDITED
     assert state.apply(batch("foundry-usa", T0 + 10.0)) is ShareOutcome.CREDITED
+
+
+def test_the_workers_refuse_a_share_batch_from_the_future() -> None:
+    state = ShareBatchPartition.restore(None, Settings())
+    start = time.time() + 86400.0
+    raw = orjson.dumps({"type": "share_batch", "pool": "p", "region": "US", "start": start,
+                        "end": start + 5.0, "count": 1, "difficulty_sum": 1.0,
+                        "difficulty_sq_sum": 1.0})
+    with pytest.raises(InvalidEvent) as caught:
+        state.apply(raw)
+    assert caught.value.field == "start"
+    assert state.max_event_ts == 0.0
+
+
+@FAST
+@given(valid_events, future_times)
+def test_an_event_from_the_future_is_invalid_naming_its_time(event: dict[str, Any],
+                                                             future: float) -> None:
+    event = dict(event)
+    field = {"share": "ts", "price": "ts", "share_batch": "start", "block": "time"}[event["type"]]
+    if event["type"] == "share_batch":
+        event["start"] = event["end"] = future
+    elif event["type"] == "block":  # blocks may be two hours further ahead (consensus rule)
+        future = max(int(future), int(NOW + SKEW + MAX_FUTURE_BLOCK_TIME_S) + 1)
+    event[field] = future
+    with pytest.raises(InvalidEvent) as caught:
+        decode_input(orjson.dumps(event), now=NOW)
+    assert caught.value.field == field
+    assert "max_future_skew_s" in caught.value.reason
+
+
+@pytest.mark.parametrize("kind, ahead, valid", [
+    ("share", 0.0, True), ("share", SKEW, True), ("share", SKEW + 0.001, False),
+    ("share", 365 * 86400.0, False), ("price", SKEW, True), ("price", SKEW + 1.0, False),
+    ("batch_end", SKEW, True), ("batch_end", SKEW + 1.0, False),
+    ("block", SKEW + MAX_FUTURE_BLOCK_TIME_S, True),
+    ("block", SKEW + MAX_FUTURE_BLOCK_TIME_S + 1.0, False),
+])
+def test_times_may_be_ahead_of_the_clock_by_the_skew_only(kind: str, ahead: float,
+                                                         valid: bool) -> None:
+    t = NOW + ahead
+    event: dict[str, Any] = {
+        "share": {"type": "share", "ts": t, "pool": "p", "region": "US", "difficulty": 1.0},
+        "price": {"type": "price", "ts": t, "btc_usd": 1.0},
+        "batch_end": {"type": "share_batch", "pool": "p", "region": "US", "start": NOW,
+                      "end": t, "count": 1, "difficulty_sum": 1.0, "difficulty_sq_sum": 1.0},
+        "block": {**REAL_BLOCKS[0], "time": int(t)},
+    }[kind]
+    if valid:
+        decode_input(orjson.dumps(event), now=NOW)
+    else:
+        with pytest.raises(InvalidEvent) as caught:
+            decode_input(orjson.dumps(event), now=NOW)
+        assert caught.value.field == {"share": "ts", "price": "ts", "batch_end": "end",
+                                      "block": "time"}[kind]
+
+
+def test_the_skew_is_a_parameter() -> None:
+    raw = orjson.dumps({"type": "share", "ts": NOW + 1.0, "pool": "p", "region": "US",
+                        "difficulty": 1.0})
+    decode_input(raw, now=NOW, max_future_skew_s=1.0)
+    with pytest.raises(InvalidEvent, match=r"max_future_skew_s \(0 s\)"):
+        decode_input(raw, now=NOW, max_future_skew_s=0.0)
+
+
+def test_by_default_the_bound_is_the_setting_ahead_of_the_wall_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers call ``decode_input(raw)``: the process's setting and the wall clock."""
+    monkeypatch.setenv("HASHATLAS_MAX_FUTURE_SKEW_S", "10")
+    get_settings.cache_clear()
+    try:
+        share = {"type": "share", "pool": "p", "region": "US", "difficulty": 1.0}
+        decode_input(orjson.dumps({**share, "ts": time.time() + 5.0}))
+        with pytest.raises(InvalidEvent) as caught:
+            decode_input(orjson.dumps({**share, "ts": time.time() + 60.0}))
+        assert caught.value.field == "ts"
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("skew", [0.0, SKEW])
+def test_the_compactor_dead_letters_events_from_the_future(skew: float) -> None:
+    compactor = ShareCompactor(Settings(max_future_skew_s=skew), clock=lambda: NOW)
+    share = {"type": "share", "ts": NOW + skew, "pool": "p", "region": "US", "difficulty": 1.0}
+    batch = {"type": "share_batch", "pool": "p", "region": "US", "start": NOW + skew + 1.0,
+             "end": NOW + skew + 2.0, "count": 1, "difficulty_sum": 1.0,
+             "difficulty_sq_sum": 1.0}
+    messages = [share, {**share, "ts": NOW + skew + 0.5},  # fast path
+                {**share, "ts": NOW + skew + 0.5, "id": "x"},  # full validation
+                batch, {**batch, "start": NOW, "end": NOW + skew}]
+    compactor.ingest([_record(orjson.dumps(m), i) for i, m in enumerate(messages)], TOPIC, 0)
+    assert compactor.pending.ts == [NOW + skew]
+    assert len(compactor.pending.passthrough) == 1
+    letters = [orjson.loads(d) for d in compactor.pending.dead_letters]
+    assert [(letter["offset"], letter["field"]) for letter in letters] == [
+        (1, "ts"), (2, "ts"), (3, "start")]
+    assert all("max_future_skew_s" in letter["error"] for letter in letters)
 
 
 @pytest.mark.parametrize("start", [1e20, 1e300])
