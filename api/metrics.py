@@ -17,11 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import EstimateStore, latest_alert_states
+from api.problems import REDIS_UNAVAILABLE_ERRORS
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -265,7 +264,7 @@ async def render_metrics(store: EstimateStore, metrics: RequestMetrics,
     try:
         stored = await store.snapshot()
         records = await store.alert_records(None)
-    except (RedisConnectionError, RedisTimeoutError):
+    except REDIS_UNAVAILABLE_ERRORS:
         redis_up = False
     else:
         if stored is not None:

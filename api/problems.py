@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -23,6 +24,12 @@ from starlette.responses import Response
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:hashatlas:problem:"
 REDIS_RETRY_AFTER_S = 5
+#: Redis failures that are the store's state, not the request's: unreachable, too slow, a wrong
+#: password (AuthenticationError is a ConnectionError) or an ACL user lacking a permission
+#: (NOPERM, which redis-py raises as a ResponseError). Each is a 503, never a 500.
+REDIS_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, NoPermissionError,
+)
 
 logger = logging.getLogger("hashatlas.api")
 
@@ -170,9 +177,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     logger.warning("redis unavailable while serving %s: %s", request.url.path, exc)
-    error = service_unavailable(
-        "redis-unavailable", "the estimate store (Redis) is unreachable", REDIS_RETRY_AFTER_S
-    )
+    detail = ("the estimate store (Redis) refuses this API's user access (check its ACL)"
+              if isinstance(exc, NoPermissionError)
+              else "the estimate store (Redis) is unreachable")
+    error = service_unavailable("redis-unavailable", detail, REDIS_RETRY_AFTER_S)
     return problem_response(request, error)
 
 
@@ -189,6 +197,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ProblemError, _problem_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RedisConnectionError, _redis_unavailable)
-    app.add_exception_handler(RedisTimeoutError, _redis_unavailable)
+    for redis_error in REDIS_UNAVAILABLE_ERRORS:
+        app.add_exception_handler(redis_error, _redis_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -16,10 +16,10 @@ import anyio
 import orjson
 from prometheus_client import Gauge
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from api.problems import REDIS_UNAVAILABLE_ERRORS
 
 EVENT_TYPES = frozenset({"estimate", "alert"})
 KEEPALIVE_S = 15.0
@@ -119,7 +119,7 @@ class EventStreamResponse(Response):
                 message = await self.pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=wait
                 )
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except REDIS_UNAVAILABLE_ERRORS as exc:
                 # Ending the stream makes EventSource clients reconnect after `retry`.
                 logger.warning("event stream ends: redis failed: %s", exc)
                 return

@@ -67,6 +67,8 @@ def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
         f"user api on >{API_PASSWORD} resetkeys ~{prefix}:* resetchannels &{prefix}:* "
         "-@all +@read +@connection +subscribe +unsubscribe",
         f"user nobody on >{API_PASSWORD} resetkeys resetchannels -@all +@connection",
+        f"user keyless on >{API_PASSWORD} resetkeys resetchannels -@all +@read +@connection "
+        "+subscribe +unsubscribe",
     ]) + "\n")
     proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -171,19 +173,34 @@ async def test_wrong_credentials_are_503_without_the_secret(
     assert_no_secret(caplog.text, "the logs")
 
 
-async def test_a_user_without_permissions_is_a_problem_without_the_secret(
-    acl_redis: AclRedis, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("user", ["nobody", "keyless"])
+async def test_a_user_without_permissions_is_503_without_the_secret(
+    acl_redis: AclRedis, user: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Authenticated but not allowed to read (a misconfigured ACL): a problem, not a trace."""
+    """Authenticated but not allowed to read (a misconfigured ACL): no command at all
+    (``nobody``) or read commands without the keys and channel (``keyless``). Redis answers
+    NOPERM; the API answers 503 problems (once a 500), and /metrics still answers."""
+    with pytest.raises(redis.exceptions.NoPermissionError):  # what the API meets
+        redis.Redis.from_url(acl_redis.url(user, API_PASSWORD)).hget(
+            f"{acl_redis.prefix}:snapshot", "json")
     caplog.set_level(logging.DEBUG)
-    settings = Settings(redis_url=acl_redis.url("nobody", API_PASSWORD),
+    settings = Settings(redis_url=acl_redis.url(user, API_PASSWORD),
                         redis_prefix=acl_redis.prefix)
     async for api in api_client(create_app(settings)):
-        response = await api.get("/v1/estimates/current")
-        assert response.status_code in (500, 503), response.text
-        assert response.headers["content-type"] == "application/problem+json"
-        assert_no_secret(response.text, "the problem body")
-        assert "Traceback" not in response.text
+        for path in ("/v1/estimates/current", "/v1/regions/US", "/v1/estimates/history",
+                     "/v1/network/blocks", "/v1/alerts", "/readyz", "/v1/stream"):
+            response = await api.get(path)
+            assert response.status_code == 503, (path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert (problem["status"], problem["type"]) == (
+                503, "urn:hashatlas:problem:redis-unavailable")
+            assert "ACL" in problem["detail"]
+            assert int(response.headers["retry-after"]) > 0
+            assert_no_secret(response.text, f"the problem body of {path}")
+        metrics = await api.get("/metrics")
+        assert metrics.status_code == 200
+        assert "hashatlas_api_redis_up 0.0" in metrics.text
     assert_no_secret(caplog.text, "the logs")
 
 
