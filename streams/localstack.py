@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.kafka import client_options
 from streams.settings import PROJECT_ROOT, Settings
 
 DEPLOY_DIR = PROJECT_ROOT / "deploy" / "local"
@@ -277,7 +278,7 @@ def _kafka_answers(settings: Settings) -> bool:
 async def _list_topics(settings: Settings) -> set[str]:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=3000)
     await admin.start()
     try:
         return set(await admin.list_topics())
@@ -305,7 +306,7 @@ async def create_topics(settings: Settings, plan: dict[str, int] | None = None) 
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     plan = plan or topic_plan(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -457,23 +457,23 @@ async def test_compactor_runs_on_a_sasl_broker_and_wrong_credentials_are_refused
     import asyncio
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaConnectionError
 
+    from streams import localstack
     from streams.compactor import ShareCompactor
 
     # INFO, as the processes log. (At DEBUG, aiokafka.conn logs the SASL/PLAIN request bytes,
     # password included: never run a Kafka client with DEBUG logging in production.)
     caplog.set_level(logging.INFO)
     settings = sasl_kafka
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(settings.topics.shares, 2, 1),
-                                   NewTopic(settings.topics.compacted_shares, 2, 1),
-                                   NewTopic(settings.topics.dead_letter, 1, 1)])
-    finally:
-        await admin.close()
+    # The stack's own admin clients (`hashatlas stack topics`, the readiness check) use the
+    # SASL settings too.
+    plan = {settings.topics.shares: 2, settings.topics.compacted_shares: 2,
+            settings.topics.dead_letter: 1}
+    assert sorted(await localstack.create_topics(settings, plan)) == sorted(plan)
+    assert set(plan) <= await sasl_topics(settings)
+    assert await localstack.create_topics(settings, plan) == []
+    assert await asyncio.to_thread(localstack._kafka_answers, settings)
 
     shares = [{"type": "share", "ts": 1_795_000_000.0 + i * 0.1, "pool": "foundry-usa",
                "region": "US-TX", "difficulty": 65536.0} for i in range(500)]
