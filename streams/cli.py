@@ -15,6 +15,7 @@ from streams.commands import evaluate as evaluate_command
 from streams.commands import feeds as feeds_command
 from streams.commands import proxy as proxy_command
 from streams.commands import simulate as simulate_command
+from streams.logs import limit_repeated_kafka_logs
 from streams.settings import PROJECT_ROOT, get_settings
 
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    limit_repeated_kafka_logs()  # a broker outage would log one line per retry per client
     result: int = args.func(args)
     return result
 
