@@ -28,6 +28,7 @@ from streams.core.blocks import load_pool_directory
 from streams.core.electricity import Method, load_electricity_prices, load_hardware
 from streams.core.shares import ShareOutcome
 from streams.core.snapshot import EstimationConfig
+from streams.kafka import client_options
 from streams.metrics import (
     CHECKPOINTS,
     CONSUMER_LAG,
@@ -76,11 +77,31 @@ class CheckpointedInput(Generic[S]):
         self.restore = restore
         self.apply = apply
         self.states: dict[int, S] = {}
+        self.owned: set[int] = set()
         self.stream: Any = None
         self.last_event_wall = 0.0
 
     def owns(self, partition: int) -> bool:
-        return TP(self.topic_name, partition) in self.app.consumer.assignment()
+        """Owned from the rebalance that assigned it until the next one starts revoking.
+
+        Not ``consumer.assignment()``: that still lists every partition after Faust's
+        revocation is done, until the new assignment arrives, and an event delivered in that gap
+        would be applied to a state nobody checkpoints any more."""
+        return partition in self.owned
+
+    def assign(self, assigned: set[TP]) -> None:
+        self.owned = {tp.partition for tp in assigned if tp.topic == self.topic_name}
+
+    def release(self, events: list[Any]) -> None:
+        """Forget events without acknowledging them (their offsets are not committed).
+
+        They belong to a partition this worker no longer owns: its next owner reads them again
+        from the last commit, and its checkpoint says which it already holds. Left pending,
+        they would make Faust's next rebalance wait for them forever."""
+        pending = self.app.consumer.unacked
+        for event in events:
+            event.message.acked = True
+            pending.discard(event.message)
 
     def state(self, partition: int) -> S:
         state = self.states.get(partition)
@@ -89,40 +110,58 @@ class CheckpointedInput(Generic[S]):
             self.states[partition] = state
         return state
 
+    def recovering(self) -> bool:
+        """True from the start of a rebalance until Faust has read the changelogs back.
+
+        A state restored in between would start from a checkpoint the table has not caught up
+        with yet (``recovery.completed`` stays set from the previous rebalance), and miss the
+        events between it and the last commit."""
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        return bool(self.app.rebalancing or self.app.in_recovery
+                    or not recovery.completed.is_set())
+
     def restore_owned(self) -> None:
         """Load the checkpoint of every owned partition, also those that receive nothing new."""
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
-        if self.app.in_recovery or not recovery.completed.is_set():
-            return  # tables are still being read back: a restore now would miss data
-        for tp in self.app.consumer.assignment():
-            if tp.topic == self.topic_name:
-                self.state(tp.partition)
+        if self.recovering():
+            return
+        for partition in list(self.owned):
+            self.state(partition)
 
     def lag(self) -> int:
         """Messages of the owned partitions not applied yet (end of log − next offset)."""
         behind = 0
-        for tp in self.app.consumer.assignment():
-            state = self.states.get(tp.partition) if tp.topic == self.topic_name else None
+        for partition in list(self.owned):
+            state = self.states.get(partition)
             if state is not None:
-                end = self.app.consumer.highwater(tp)
+                end = self.app.consumer.highwater(TP(self.topic_name, partition))
                 if end is not None:
                     behind += max(0, end - state.next_offset)
         return behind
 
     def revoke(self, revoked: set[TP]) -> None:
+        """Drop the revoked partitions' states; a new owner (maybe this worker again)
+        restores them from their checkpoints."""
         for tp in revoked:
             if tp.topic == self.topic_name:
-                self.states.pop(tp.partition, None)
+                self.owned.discard(tp.partition)
+                state = self.states.pop(tp.partition, None)
+                if state is not None and state.unacked:
+                    self.release(state.unacked)
+                    state.unacked = []
 
     async def process(self, events: list[Any]) -> None:
         """Apply a batch, dead-letter what cannot be used, checkpoint when due."""
+        if self.recovering():
+            # Taken before the rebalance stopped the flow: every state is revoked (eager
+            # rebalancing); whoever owns each partition next reads these again.
+            self.release(events)
+            return
         dead: list[bytes] = []
-        owned = {tp.partition for tp in self.app.consumer.assignment()
-                 if tp.topic == self.topic_name}
         for event in events:
             message = event.message
-            if message.partition not in owned:
-                continue  # revoked while buffered: its new owner applies it
+            if message.partition not in self.owned:
+                self.release([event])  # revoked while buffered: its new owner applies it
+                continue
             state = self.state(message.partition)
             if message.offset < state.next_offset:
                 await self.stream.ack(event)  # already inside the restored checkpoint
@@ -183,6 +222,20 @@ def estimation_config(settings: Settings) -> EstimationConfig:
     )
 
 
+def worker_broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The same SASL/TLS settings the other Kafka clients use (``client_options``), as Faust
+    wants them."""
+    options = client_options(settings)
+    if "sasl_mechanism" in options:
+        return faust.SASLCredentials(username=options["sasl_plain_username"],
+                                     password=options["sasl_plain_password"],
+                                     mechanism=options["sasl_mechanism"],
+                                     ssl_context=options.get("ssl_context"))
+    if "ssl_context" in options:
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
 def read_committed_worker_consumers() -> None:
     """Make Faust's worker consumer read only committed messages.
 
@@ -222,7 +275,8 @@ def create_app(settings: Settings) -> faust.App:
     read_committed_worker_consumers()
     app = HashatlasApp(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=worker_broker_credentials(settings),
         store="memory://",
         web_enabled=False,
         topic_partitions=settings.partitions.compacted_shares,
@@ -265,7 +319,13 @@ def create_app(settings: Settings) -> faust.App:
         for checkpointed in inputs:
             checkpointed.revoke(revoked)
 
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        assigned: set[TP] = args[0] if args else kwargs["assigned"]
+        for checkpointed in inputs:
+            checkpointed.assign(assigned)
+
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
     @app.agent(shares.topic)
     async def share_batches(stream: Any) -> None:

@@ -178,12 +178,19 @@ def run_simulation(scenario: Scenario, settings: Settings, *, start_ts: float | 
                    duration_s: float | None = None, speed: float | None = 1.0,
                    seed: int | None = None, single_share_fraction: float | None = None,
                    truth_path: Path | None = None, dry_run: Path | None = None) -> RunSummary:
-    """Run a scenario to Kafka or, with ``dry_run``, to a file; returns what was sent."""
+    """Run a scenario to Kafka or, with ``dry_run``, to a file; returns what was sent.
+
+    Without ``start_ts``, a run faster than real time starts in the past so that it ends at
+    the wall clock: its events are never further ahead of it than the pipeline accepts
+    (``max_future_skew_s``)."""
+    duration = scenario.duration if duration_s is None else duration_s
+    if start_ts is None:
+        ahead_s = duration if speed is None else duration * max(0.0, 1.0 - 1.0 / speed)
+        start_ts = time.time() - ahead_s
     simulator = Simulator(
-        scenario, start_ts=time.time() if start_ts is None else start_ts, seed=seed,
+        scenario, start_ts=start_ts, seed=seed,
         single_share_fraction=single_share_fraction, truth_step_s=settings.history_step_s,
     )
-    duration = scenario.duration if duration_s is None else duration_s
     if dry_run is not None:
         return asyncio.run(run_to_file(simulator, duration, dry_run, truth_path, settings.topics))
     return asyncio.run(run_to_kafka(simulator, duration, settings, truth_path, speed))

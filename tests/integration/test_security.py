@@ -29,7 +29,6 @@ from pydantic import SecretStr
 
 from api.deps import create_redis
 from api.main import create_app
-from streams.app import create_app as create_worker_app
 from streams.kafka import client_options
 from streams.localstack import port_open
 from streams.rediskeys import RedisKeys
@@ -342,20 +341,6 @@ def test_an_unknown_security_protocol_is_refused() -> None:
         Settings(kafka_security_protocol="SASL_PLAIN")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streams/app.py create_app passes only broker=kafka://bootstrap to Faust: the workers "
-    "ignore kafka_security_protocol and the SASL/TLS settings (no broker_credentials), so they "
-    "cannot join a secured cluster the compactor and feeds can"))
-def test_the_worker_uses_the_kafka_sasl_settings(redis_url: str) -> None:
-    settings = Settings(redis_url=redis_url, kafka_security_protocol="SASL_PLAINTEXT",
-                        kafka_sasl_username="worker",
-                        kafka_sasl_password=SecretStr(PIPELINE_PASSWORD))
-    credentials = create_worker_app(settings).conf.broker_credentials
-    assert credentials is not None
-    assert credentials.username == "worker"  # type: ignore[attr-defined]
-
-
-
 # ---- a real SASL/PLAIN broker -------------------------------------------------------------------
 
 SASL_USER = "hashatlas"
@@ -509,3 +494,39 @@ async def test_compactor_runs_on_a_sasl_broker_and_wrong_credentials_are_refused
     assert "SaslAuthenticationFailed" in caplog.text  # the reason is only in the client's log
     for text, where in ((repr(failure.value), "the error"), (caplog.text, "the logs")):
         assert SASL_PASSWORD not in text and WRONG_PASSWORD not in text, where
+
+
+async def test_a_worker_runs_on_a_sasl_broker(sasl_kafka: Settings, tmp_path: Path) -> None:
+    """The Faust worker joins a cluster that accepts only SASL clients, with the same settings
+    as every other client, and publishes the estimate of what it reads there."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams import localstack
+    from tests.integration.pipeline_helpers import (
+        assert_matches_core,
+        core_regional_sample,
+        offsets_reached,
+        share_batches,
+    )
+
+    settings = sasl_kafka.model_copy(update={"redis_prefix": f"sasl-{uuid.uuid4().hex[:8]}"})
+    await localstack.create_topics(settings)
+    events = share_batches(300, 1_795_000_000.0, 300.0, seed=5)
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
+    await producer.start()
+    try:
+        sent = [await producer.send(settings.topics.compacted_shares, orjson.dumps(event),
+                                    key=event["pool"].encode()) for event in events]
+        ends: dict[int, int] = {}
+        for metadata in [await future for future in sent]:
+            ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
+    finally:
+        await producer.stop()
+    worker = Worker(settings, tmp_path / "worker", "worker")
+    try:
+        as_of = max(e["end"] for e in events) - settings.settle_s
+        snapshot = await wait_for_snapshot(settings, offsets_reached(ends, as_of), 120, [worker])
+    finally:
+        worker.stop()
+    assert_matches_core(snapshot, core_regional_sample(events, settings, as_of))
+    assert SASL_PASSWORD not in worker.log_path.read_text(errors="replace")

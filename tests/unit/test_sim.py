@@ -711,3 +711,18 @@ def test_simulate_and_evaluate_commands(tmp_path: Path, redis_url: str,
     assert tx["points"] == 25  # minutes 5 … 29 of the 30 truth points
     assert body["network"]["hashrate_mae_rel"] == pytest.approx(0.0, abs=1e-12)
     assert out_png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("speed", [30.0, None])
+def test_a_run_faster_than_real_time_ends_at_the_wall_clock(
+        tmp_path: Path, speed: float | None) -> None:
+    """Started now, a 30× run would send events up to 870 s ahead of the clock, which the
+    pipeline dead-letters (max_future_skew_s): without a start time it starts in the past."""
+    events = tmp_path / "events.jsonl"
+    before = time.time()
+    run_simulation(small(), Settings(), duration_s=900.0, speed=speed, dry_run=events)
+    times = [e.get("end", e.get("ts", e.get("time"))) for e in map(json.loads,
+                                                                    events.read_text().splitlines())]
+    ahead = 900.0 if speed is None else 900.0 * (1 - 1 / speed)
+    assert min(times) >= before - ahead - 1.0
+    assert max(times) <= time.time() + 900.0 / (speed or math.inf) + 1.0
