@@ -53,6 +53,10 @@ from tests.integration.pipeline_helpers import (  # noqa: E402
     Worker,
 )
 
+# End offsets as the pipeline tests read them, re-exported for the benchmarks.
+from tests.integration.pipeline_helpers import data_ends as data_ends  # noqa: E402
+from tests.integration.pipeline_helpers import topic_ends as topic_ends  # noqa: E402
+
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 WORK_ROOT = Path(tempfile.gettempdir()) / "hashatlas-bench"
 

@@ -37,6 +37,7 @@ import math
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,7 +129,7 @@ async def _bare_consume(settings: Settings, topic: str, expected: int, out: Any)
 
 
 def _naive_faust(settings: Settings, topic: str, partitions: int, app_id: str, expected: int,
-                 take: bool, log_path: str, out: Any) -> None:
+                 take: bool, log_path: str, datadir: str, out: Any) -> None:
     """A Faust agent that only decodes: one event at a time (`async for value in stream`), or,
     with `take`, the way the hashatlas worker consumes (`noack_take` batches, each event acked
     after), which isolates what Faust's batching costs from what the worker does with events."""
@@ -139,7 +140,7 @@ def _naive_faust(settings: Settings, topic: str, partitions: int, app_id: str, e
     os.dup2(log, 2)
     app = faust.App(app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
                     web_enabled=False, topic_partitions=partitions,
-                    consumer_auto_offset_reset="earliest")
+                    consumer_auto_offset_reset="earliest", datadir=datadir)
     source = app.topic(topic, key_serializer="raw", value_serializer="raw")
     progress = {"count": 0, "wall": 0.0, "cpu": 0.0}
 
@@ -213,11 +214,15 @@ async def bare_ceiling(settings: Settings, topic: str, expected: int) -> dict[st
 async def naive_agent(run: Run, topic: str, partitions: int, expected: int, name: str,
                       take: bool = False) -> dict[str, Any]:
     log = str(run.workdir / f"{name}.log")
-    return await _in_process(
-        _naive_faust,
-        (run.settings, topic, partitions, f"{run.run_id}-{name}", expected, take, log),
-        120 + expected / 1_000,
-    )
+    app_id = f"{run.run_id}-{name}"
+    # Faust's data directory defaults to "<app id>-data" in the working directory: the
+    # agent's goes to a temporary one, removed once its process has stopped.
+    with tempfile.TemporaryDirectory(prefix=f"{app_id}-") as datadir:
+        return await _in_process(
+            _naive_faust,
+            (run.settings, topic, partitions, app_id, expected, take, log, datadir),
+            120 + expected / 1_000,
+        )
 
 
 # ---- (c): hashatlas ---------------------------------------------------------------------------

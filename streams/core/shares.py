@@ -49,7 +49,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -108,6 +108,20 @@ class WindowTotals:
     share_scale: float
 
 
+#: (pool, region, count, Σd, Σd², T_eff, share scale): `WindowTotals` of a key, as a row.
+TotalsRow = tuple[str, str, float, float, float, float, float]
+
+
+@dataclass(frozen=True)
+class _RowFacts:
+    """What every window reads per row: its pool's first event time, the difficulty of that
+    event if it was a single share in the row's region (else 0), and the row's share scale."""
+
+    origin_ts: FloatArray
+    origin_share: FloatArray
+    share_scale: FloatArray
+
+
 @dataclass
 class ShareCounters:
     """Totals of shares by outcome (a batch adds its count)."""
@@ -138,7 +152,7 @@ class _PoolClock:
 
     def take(self, origin_ts: float, difficulty: float, region: str, last_ts: float) -> None:
         """Fold in an event (or another clock): earliest origin wins, latest time is kept."""
-        if (origin_ts, -difficulty, region) < (
+        if origin_ts <= self.origin_ts and (origin_ts, -difficulty, region) < (
             self.origin_ts,
             -self.origin_difficulty,
             self.origin_region,
@@ -153,13 +167,23 @@ class _PoolClock:
 
 
 class _BucketRing:
-    """Buckets of one resolution for all keys: index[row, slot] says which bucket a slot holds."""
+    """Buckets of one resolution for all keys: index[row, slot] says which bucket a slot holds.
+
+    Single cells are read and written through flat memoryviews of the arrays: a numpy scalar
+    access costs several times more, and `add_one` runs twice per batch a worker applies.
+    """
 
     def __init__(self, bucket_s: float, retention_s: float) -> None:
         self.bucket_s = bucket_s
         self.slots = math.ceil(retention_s / bucket_s)
-        self.index: IntArray = np.full((0, self.slots), _EMPTY, dtype=np.int64)
-        self.data: FloatArray = np.zeros((0, self.slots, _COLUMNS), dtype=np.float64)
+        self._use(np.full((0, self.slots), _EMPTY, dtype=np.int64),
+                  np.zeros((0, self.slots, _COLUMNS), dtype=np.float64))
+
+    def _use(self, index: IntArray, data: FloatArray) -> None:
+        self.index, self.data = index, data
+        # Flat views of the same memory (the arrays are contiguous: reshape makes no copy).
+        self._index_cells = index.reshape(-1).data
+        self._data_cells = cast("memoryview[float]", data.reshape(-1).data)
 
     def ensure_rows(self, rows: int) -> None:
         capacity = self.index.shape[0]
@@ -170,23 +194,35 @@ class _BucketRing:
         data = np.zeros((new_capacity, self.slots, _COLUMNS), dtype=np.float64)
         index[:capacity] = self.index
         data[:capacity] = self.data
-        self.index, self.data = index, data
+        self._use(index, data)
 
     def bucket_of(self, ts: float) -> int:
         return math.floor(ts / self.bucket_s)
 
     def add_one(self, row: int, bucket: int, count: float, dsum: float, dsq: float) -> None:
-        slot = bucket % self.slots
-        stored = int(self.index[row, slot])
-        if bucket > stored:
-            self.index[row, slot] = bucket
-            self.data[row, slot] = (count, dsum, dsq)
-        elif bucket == stored:
-            cell = self.data[row, slot]
-            cell[0] += count
-            cell[1] += dsum
-            cell[2] += dsq
+        cell = row * self.slots + bucket % self.slots
+        stored = self._index_cells[cell]
+        if bucket >= stored:
+            values = self._data_cells
+            first = cell * _COLUMNS
+            if bucket > stored:
+                self._index_cells[cell] = bucket
+                values[first], values[first + 1], values[first + 2] = count, dsum, dsq
+            else:
+                values[first] += count
+                values[first + 1] += dsum
+                values[first + 2] += dsq
         # bucket < stored: older than the retention behind a newer bucket; nothing to keep.
+
+    def add_span(self, row: int, start: float, end: float, count: float, dsum: float,
+                 dsq: float) -> None:
+        """Spread totals over the buckets [start, end] overlaps, in proportion to the overlap."""
+        first = math.floor(start / self.bucket_s)
+        if first == math.floor(end / self.bucket_s):  # the usual batch: one bucket, no numpy
+            self.add_one(row, first, count, dsum, dsq)
+            return
+        buckets, fractions = _overlaps(start, end, self.bucket_s)
+        self.add_many(row, buckets, fractions[:, None] * np.array([[count, dsum, dsq]]))
 
     def add_many(self, row: int, buckets: IntArray, values: FloatArray) -> None:
         """Add rows of `values` (count, Σd, Σd²) to `buckets`, as if one by one in array order."""
@@ -221,8 +257,9 @@ class _BucketRing:
 
     def forget_before(self, rows: int, bucket: int) -> None:
         """Empty the slots of buckets older than `bucket` (beyond retention)."""
-        stale = self.index[:rows] < bucket
-        self.index[:rows][stale] = _EMPTY
+        index = self.index[:rows]
+        stale = np.nonzero((index < bucket) & (index != _EMPTY))
+        index[stale] = _EMPTY
         self.data[:rows][stale] = 0.0
 
     def row_state(self, row: int) -> list[list[float]]:
@@ -280,6 +317,12 @@ class ShareWindows:
         self.coarse_retention_s = float(coarse_retention_s)
         self.allowed_lateness_s = float(allowed_lateness_s)
         self.dedup_capacity = int(dedup_capacity)
+        # How far behind the latest event an event can still land in the fine buckets, and
+        # the longest batch that can then be placed.
+        self._placeable_s = self.fine_retention_s - 2.0 * self.fine_bucket_s
+        self._longest_batch_s = (
+            self.fine_retention_s - self.allowed_lateness_s - 2.0 * self.fine_bucket_s
+        )
         self._fine = _BucketRing(self.fine_bucket_s, self.fine_retention_s)
         self._coarse = _BucketRing(self.coarse_bucket_s, self.coarse_retention_s)
         self._rows: dict[Key, int] = {}
@@ -435,27 +478,19 @@ class ShareWindows:
         bucket of its time. Batches longer than the fine retention minus the lateness and two
         fine buckets (3820 s by default) cannot be placed and are refused.
         """
-        values = (float(count), float(difficulty_sum), float(difficulty_sq_sum))
-        if not all(math.isfinite(v) for v in (start, end, *values)):
-            raise ValueError("batch fields must be finite")
-        if end < start:
-            raise ValueError("batch end must not be before its start")
-        longest = self.fine_retention_s - self.allowed_lateness_s - 2.0 * self.fine_bucket_s
-        if end - start > longest:
-            raise ValueError(f"batch longer than {longest} s cannot be placed")
-        if min(values) < 0.0:
-            raise ValueError("batch count and sums must be ≥ 0")
+        count, dsum, dsq = float(count), float(difficulty_sum), float(difficulty_sq_sum)
+        inf = math.inf
+        if not (
+            -inf < start <= end < inf and end - start <= self._longest_batch_s
+            and 0.0 <= count < inf and 0.0 <= dsum < inf and 0.0 <= dsq < inf
+        ):
+            raise ValueError(self._batch_fault(start, end, (count, dsum, dsq)))
         if end < self._late_before(pool) or start < self._latest_ts - self._placeable_s:
             self._counters.late += round(count)
             return ShareOutcome.LATE
         row = self._row(pool, region)
-        for ring in (self._fine, self._coarse):
-            first = ring.bucket_of(start)
-            if first == ring.bucket_of(end):  # the usual batch: one bucket, no numpy needed
-                ring.add_one(row, first, *values)
-                continue
-            buckets, fractions = _overlaps(start, end, ring.bucket_s)
-            ring.add_many(row, buckets, fractions[:, None] * np.asarray(values)[None, :])
+        self._fine.add_span(row, start, end, count, dsum, dsq)
+        self._coarse.add_span(row, start, end, count, dsum, dsq)
         self._note_pool_event(pool, region, start, 0.0, end)
         self._counters.credited += round(count)
         self._advance(end)
@@ -495,59 +530,92 @@ class ShareWindows:
     def window_totals(self, now: float, window_s: float) -> dict[Key, WindowTotals]:
         """What `estimates` is computed from, without the intervals: mergeable totals per key,
         cheap enough to publish every second (the intervals cost far more than the sums)."""
+        ring = self._ring_for(now, window_s)
+        if not self._row_keys:
+            return {}
+        facts = self._row_facts()
+        count, dsum, dsq, t_eff = self._window_sums(ring, now, window_s, facts)
+        rows = zip(self._row_keys, count.tolist(), dsum.tolist(), dsq.tolist(), t_eff.tolist(),
+                   facts.share_scale.tolist(), strict=True)
+        return {key: WindowTotals(c, s, q, t, scale) for key, c, s, q, t, scale in rows if t > 0.0}
+
+    def window_rows(self, now: float, windows_s: Iterable[float]) -> dict[float, list[TotalsRow]]:
+        """`window_totals` of several windows as (pool, region, count, Σd, Σd², T_eff, share
+        scale) rows, only of keys with shares in the window: what a partition publishes every
+        second, so what every window needs is computed once."""
+        rings = {window_s: self._ring_for(now, window_s) for window_s in windows_s}
+        if not self._row_keys:
+            return {window_s: [] for window_s in rings}
+        facts = self._row_facts()
+        scales = facts.share_scale.tolist()
+        keys = self._row_keys
+        out = {}
+        for window_s, ring in rings.items():
+            count, dsum, dsq, t_eff = self._window_sums(ring, now, window_s, facts)
+            held = np.flatnonzero((t_eff > 0.0) & ((count > 0.0) | (dsum > 0.0))).tolist()
+            c, s, q, t = count.tolist(), dsum.tolist(), dsq.tolist(), t_eff.tolist()
+            out[window_s] = [(*keys[i], c[i], s[i], q[i], t[i], scales[i]) for i in held]
+        return out
+
+    def _ring_for(self, now: float, window_s: float) -> _BucketRing:
+        """The finer ring that holds the whole window."""
         if not (window_s > 0.0 and math.isfinite(window_s)):
             raise ValueError(f"window_s must be positive and finite, got {window_s}")
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now}")
         start = now - window_s
-        ring = self._fine
-        if ring.bucket_of(now) - ring.bucket_of(start) + 1 > ring.slots:
-            ring = self._coarse
-            if ring.bucket_of(now) - ring.bucket_of(start) + 1 > ring.slots:
-                raise ValueError(f"window_s {window_s} exceeds the coarse retention")
+        for ring in (self._fine, self._coarse):
+            if ring.bucket_of(now) - ring.bucket_of(start) + 1 <= ring.slots:
+                return ring
+        raise ValueError(f"window_s {window_s} exceeds the coarse retention")
+
+    def _row_facts(self) -> _RowFacts:
         rows = len(self._row_keys)
-        if rows == 0:
-            return {}
-        origin = np.array(
-            [self._pools[pool].origin_ts for pool, _ in self._row_keys], dtype=np.float64
+        clocks = [(self._pools[pool], region) for pool, region in self._row_keys]
+        history = self._coarse.data[:rows].sum(axis=1)
+        known = history[:, 1] > 0.0
+        return _RowFacts(
+            origin_ts=np.array([clock.origin_ts for clock, _ in clocks], dtype=np.float64),
+            origin_share=np.array(
+                [clock.origin_difficulty if clock.origin_region == region else 0.0
+                 for clock, region in clocks], dtype=np.float64),
+            share_scale=np.where(known, history[:, 2] / np.where(known, history[:, 1], 1.0),
+                                 0.0),
         )
-        t_eff = np.minimum(window_s, now - origin)
+
+    def _window_sums(
+        self, ring: _BucketRing, now: float, window_s: float, facts: _RowFacts
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Count, Σd, Σd² and T_eff of every row over [now − window_s, now] (module docstring:
+        window edges, effective time), reading only the ring slots the window covers."""
+        start = now - window_s
         first_bucket = ring.bucket_of(start)
-        last_bucket = ring.bucket_of(now)
-        index = ring.index[:rows]
-        weights = ((index >= first_bucket) & (index <= last_bucket)).astype(np.float64)
+        buckets = np.arange(first_bucket, ring.bucket_of(now) + 1, dtype=np.int64)
+        slots = buckets % ring.slots
+        rows = len(self._row_keys)
+        weights = (ring.index[:rows][:, slots] == buckets).astype(np.float64)
         # The straddled first bucket: the part of its occupied span that lies in the window.
         span_end = min((first_bucket + 1) * ring.bucket_s, now)
-        span_start = np.maximum(first_bucket * ring.bucket_s, origin)
+        span_start = np.maximum(first_bucket * ring.bucket_s, facts.origin_ts)
         occupied = span_end - span_start
-        fraction = np.where(
+        weights[:, 0] *= np.where(
             occupied > 0.0,
             np.clip((span_end - start) / np.where(occupied > 0.0, occupied, 1.0), 0.0, 1.0),
             1.0,
         )
-        weights = np.where(index == first_bucket, weights * fraction[:, None], weights)
-        sums = np.einsum("ks,ksc->kc", weights, ring.data[:rows])
-        history = self._coarse.data[:rows].sum(axis=1)
-        result: dict[Key, WindowTotals] = {}
-        for row, key in enumerate(self._row_keys):
-            effective = float(t_eff[row])
-            if effective <= 0.0:
-                continue
-            count, dsum, dsq = (float(v) for v in sums[row])
-            clock = self._pools[key[0]]
-            if (
-                clock.origin_difficulty > 0.0
-                and clock.origin_region == key[1]
-                and start <= clock.origin_ts <= now
-            ):
-                count = max(count - 1.0, 0.0)
-                dsum = max(dsum - clock.origin_difficulty, 0.0)
-                dsq = max(dsq - clock.origin_difficulty**2, 0.0)
-                if dsum == 0.0:
-                    count, dsq = 0.0, 0.0
-            share_scale = float(history[row, 2] / history[row, 1]) if history[row, 1] > 0 else 0.0
-            result[key] = WindowTotals(count, dsum, dsq, effective, share_scale)
-        return result
+        sums = np.einsum("kn,knc->kc", weights, ring.data[:rows][:, slots])
+        count, dsum, dsq = sums[:, 0], sums[:, 1], sums[:, 2]
+        # A first share inside the window marks the start of observation: not a sample.
+        origin = facts.origin_share
+        marker = (origin > 0.0) & (start <= facts.origin_ts) & (facts.origin_ts <= now)
+        if marker.any():
+            count = np.where(marker, np.maximum(count - 1.0, 0.0), count)
+            dsum = np.where(marker, np.maximum(dsum - origin, 0.0), dsum)
+            dsq = np.where(marker, np.maximum(dsq - origin * origin, 0.0), dsq)
+            emptied = marker & (dsum == 0.0)
+            count = np.where(emptied, 0.0, count)
+            dsq = np.where(emptied, 0.0, dsq)
+        return count, dsum, dsq, np.minimum(window_s, now - facts.origin_ts)
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -724,10 +792,15 @@ class ShareWindows:
         else:
             clock.take(other.origin_ts, other.origin_difficulty, other.origin_region, other.last_ts)
 
-    @property
-    def _placeable_s(self) -> float:
-        """How far behind the latest event an event can still land in the fine buckets."""
-        return self.fine_retention_s - 2.0 * self.fine_bucket_s
+    def _batch_fault(self, start: float, end: float, values: tuple[float, ...]) -> str:
+        """Why `add_batch` refuses a batch, the first rule broken in this order."""
+        if not all(math.isfinite(v) for v in (start, end, *values)):
+            return "batch fields must be finite"
+        if end < start:
+            return "batch end must not be before its start"
+        if end - start > self._longest_batch_s:
+            return f"batch longer than {self._longest_batch_s} s cannot be placed"
+        return "batch count and sums must be ≥ 0"
 
     def _late_before(self, pool: str) -> float:
         """Events of `pool` older than this are late (see the module docstring)."""

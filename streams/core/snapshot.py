@@ -268,13 +268,20 @@ def build_snapshot(
         suspect_regions=config.suspect_regions, level="subdivision").items()
         if is_subdivision(code)}
 
+    # Each region's totals, and each country's (its own and its subdivisions'), in one pass:
+    # sample_interval runs for every region entry.
+    by_region: dict[str, list[SampleTotals]] = {}
+    by_country: dict[str, list[SampleTotals]] = {}
+    for (_, region), t in totals.items():
+        by_region.setdefault(region, []).append(t)
+        by_country.setdefault(country_of(region), []).append(t)
+
     def sample_interval(code: str) -> list[float] | None:
         """Exact (compound-Poisson) interval of the region's own sample, over its pools.
 
         Pools still warming up have shorter T_eff: each is rescaled to the longest T_eff so the
         summed totals keep the mean and variance of the summed hashrates."""
-        parts = [t for (_, region), t in totals.items()
-                 if region == code or (not is_subdivision(code) and country_of(region) == code)]
+        parts = (by_region if is_subdivision(code) else by_country).get(code)
         if not parts:
             return None
         longest = max(t.effective_seconds for t in parts)

@@ -9,6 +9,7 @@ import pytest
 
 from streams.contracts import InvalidEvent
 from streams.core.blocks import load_pool_directory
+from streams.core.shares import ShareOutcome
 from streams.pipeline_state import (
     OVERFLOW_POOL,
     ChainPartition,
@@ -87,3 +88,19 @@ def test_market_keeps_the_newest_price_whatever_the_order() -> None:
     assert state.btc_usd == 2.0
     restored = MarketPartition.restore(state.checkpoint())
     assert (restored.btc_usd, restored.ts) == (2.0, 20.0)
+
+
+def test_the_version_moves_when_a_batch_is_credited_and_only_then() -> None:
+    settings = Settings()
+    state = ShareBatchPartition.restore(None, settings)
+    assert state.apply(_batch("p", "US", T0)) is ShareOutcome.CREDITED
+    assert state.version == 1
+    with pytest.raises(InvalidEvent):
+        state.apply(b"{}")
+    assert state.apply(_batch("p", "US", T0 - 3600.0)) is ShareOutcome.LATE
+    assert state.version == 1
+    # An unchanged version gives an unchanged partial only at the same evaluation time: the
+    # windows slide with it.
+    partial = state.partial(T0 + 10.0, settings.windows_s)
+    assert state.partial(T0 + 10.0, settings.windows_s) == partial
+    assert state.partial(T0 + 200.0, settings.windows_s) != partial

@@ -116,3 +116,23 @@ def test_history_points_cover_network_regions_and_subdivisions() -> None:
     assert set(points) == {"network", "US", "KZ", "CN", "US-TX", "CN-SC"}
     assert points["network"]["share"] == 1.0
     assert points["US"]["share"] == pytest.approx(0.36)
+
+
+def test_a_regions_sample_interval_covers_its_keys_and_a_countrys_its_subdivisions() -> None:
+    extra = {("f2pool", "US"): _totals(0.05 * H), ("f2pool", "US-TX"): _totals(0.02 * H)}
+    sample = _sample(extra)
+    snapshot = _build(sample)
+    totals = sample.windows[WINDOW]
+    members = {"US": [("foundry-usa", "US-TX"), ("f2pool", "US"), ("f2pool", "US-TX")],
+               "US-TX": [("foundry-usa", "US-TX"), ("f2pool", "US-TX")],
+               "KZ": [("foundry-usa", "KZ")], "CN": [("antpool", "CN-SC")],
+               "CN-SC": [("antpool", "CN-SC")]}
+    entries = {e["region"]: e for e in [*snapshot["regions"], *snapshot["subdivisions"]]}
+    assert set(entries) == set(members)
+    for code, keys in members.items():
+        parts = [totals[key] for key in keys]  # one window length: no rescaling
+        combined = SampleTotals(sum(t.count for t in parts),
+                                sum(t.difficulty_sum for t in parts),
+                                sum(t.difficulty_sq_sum for t in parts), WINDOW, SHARE_D)
+        assert entries[code]["sample_hashrate_ci95_hs"] == pytest.approx(
+            list(combined.ci95_hs()), rel=1e-12), code
