@@ -331,8 +331,8 @@ async def measure(shares: int, batches: int, naive_max: int, profile: bool) -> d
         "distinct_workers": WORKERS, "share_rate_event_time_hz": SHARE_RATE_HZ,
         "mean_shares_per_batch": MEAN_BATCH_SHARES, "partitions": 4, "profiled": profile,
         "naive_faust_messages_max": naive_max,
-        "settings": "defaults (compact_interval_s 1.0, snapshot_interval_s 1.0, "
-                    "checkpoint_interval_s 2.0)",
+        "settings": {name: getattr(Settings(), name) for name in (
+            "compact_interval_s", "snapshot_interval_s", "checkpoint_interval_s")},
         "machine": machine(),
     }}
 

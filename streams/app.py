@@ -35,9 +35,16 @@ from streams.metrics import (
     EVENT_TIME_LAG,
     EVENTS_CONSUMED,
     EVENTS_DEAD_LETTERED,
+    OFFSET_REREADS,
     SHARE_BATCHES_APPLIED,
 )
-from streams.pipeline_state import ChainPartition, MarketPartition, ShareBatchPartition
+from streams.pipeline_state import (
+    Admission,
+    ChainPartition,
+    MarketPartition,
+    ResumeCheck,
+    ShareBatchPartition,
+)
 from streams.publisher import SnapshotPublisher
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
@@ -78,6 +85,10 @@ class CheckpointedInput(Generic[S]):
         self.apply = apply
         self.states: dict[int, S] = {}
         self.owned: set[int] = set()
+        self.accepting = False
+        self.assigned_generation: int | None = None
+        self.assigned_at = 0.0
+        self.resume_check = ResumeCheck()
         self.stream: Any = None
         self.last_event_wall = 0.0
 
@@ -91,6 +102,24 @@ class CheckpointedInput(Generic[S]):
 
     def assign(self, assigned: set[TP]) -> None:
         self.owned = {tp.partition for tp in assigned if tp.topic == self.topic_name}
+        self.assigned_generation = self.app.consumer_generation_id
+        self.assigned_at = time.monotonic()
+
+    def recovered(self) -> None:
+        """Faust has read the changelogs back: states may be restored, events applied.
+
+        Not before: a state restored from a table still catching up would start from an old
+        checkpoint and miss the events between it and the last commit. (Faust's own
+        ``recovery.completed`` stays set from the previous rebalance, and ``app.rebalancing``
+        stays set a while after the flow resumes.)"""
+        if self.assigned_generation == self.app.consumer_generation_id:
+            self.accepting = True
+
+    def recovery_stalled_s(self) -> float:
+        """How long this worker has held an assignment without Faust finishing its recovery."""
+        if self.accepting or self.assigned_generation is None:
+            return 0.0
+        return time.monotonic() - self.assigned_at
 
     def release(self, events: list[Any]) -> None:
         """Forget events without acknowledging them (their offsets are not committed).
@@ -107,22 +136,13 @@ class CheckpointedInput(Generic[S]):
         state = self.states.get(partition)
         if state is None:
             state = self.restore(self.table.data.get(str(partition).encode()))
+            self.resume_check.forget(partition)
             self.states[partition] = state
         return state
 
-    def recovering(self) -> bool:
-        """True from the start of a rebalance until Faust has read the changelogs back.
-
-        A state restored in between would start from a checkpoint the table has not caught up
-        with yet (``recovery.completed`` stays set from the previous rebalance), and miss the
-        events between it and the last commit."""
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
-        return bool(self.app.rebalancing or self.app.in_recovery
-                    or not recovery.completed.is_set())
-
     def restore_owned(self) -> None:
         """Load the checkpoint of every owned partition, also those that receive nothing new."""
-        if self.recovering():
+        if not self.accepting:
             return
         for partition in list(self.owned):
             self.state(partition)
@@ -141,9 +161,12 @@ class CheckpointedInput(Generic[S]):
     def revoke(self, revoked: set[TP]) -> None:
         """Drop the revoked partitions' states; a new owner (maybe this worker again)
         restores them from their checkpoints."""
+        self.accepting = False
+        self.assigned_generation = None
         for tp in revoked:
             if tp.topic == self.topic_name:
                 self.owned.discard(tp.partition)
+                self.resume_check.forget(tp.partition)
                 state = self.states.pop(tp.partition, None)
                 if state is not None and state.unacked:
                     self.release(state.unacked)
@@ -151,29 +174,52 @@ class CheckpointedInput(Generic[S]):
 
     async def process(self, events: list[Any]) -> None:
         """Apply a batch, dead-letter what cannot be used, checkpoint when due."""
-        if self.recovering():
+        if not self.accepting:
             # Taken before the rebalance stopped the flow: every state is revoked (eager
-            # rebalancing); whoever owns each partition next reads these again.
+            # rebalancing), and Faust seeks to the last commit before the flow resumes.
             self.release(events)
             return
         dead: list[bytes] = []
+        reread: set[int] = set()
+        credited = late = 0  # share batches, counted per call: an inc() per event costs
         for event in events:
             message = event.message
-            if message.partition not in self.owned:
+            partition = message.partition
+            if partition not in self.owned:
                 self.release([event])  # revoked while buffered: its new owner applies it
                 continue
-            state = self.state(message.partition)
+            state = self.state(partition)
             if message.offset < state.next_offset:
                 await self.stream.ack(event)  # already inside the restored checkpoint
                 continue
+            admission = self.resume_check.admit(partition, state.next_offset, message.offset)
+            if admission is not Admission.APPLY:
+                if admission is Admission.REREAD:
+                    OFFSET_REREADS.labels(self.topic_name).inc()
+                    log.info("%s partition %d resumes at offset %d, not %d: reading it again",
+                             self.topic_name, partition, message.offset, state.next_offset)
+                self.release([event])
+                reread.add(partition)
+                continue
             try:
-                self.apply(state, message.value)
+                outcome = self.apply(state, message.value)
+                if outcome is ShareOutcome.CREDITED:
+                    credited += 1
+                elif isinstance(outcome, ShareOutcome):
+                    late += 1  # late or otherwise not credited
             except InvalidEvent as error:
                 letter = DeadLetter.of(self.topic_name, message.partition, message.offset,
                                        error, message.value or b"")
                 dead.append(letter.model_dump_json().encode())
             state.next_offset = message.offset + 1
             state.unacked.append(event)
+        for partition in reread:
+            await self.app.consumer.seek(TP(self.topic_name, partition),
+                                         self.resume_check.reread_from(partition))
+        if credited:
+            SHARE_BATCHES_APPLIED.labels("credited").inc(credited)
+        if late:
+            SHARE_BATCHES_APPLIED.labels("late").inc(late)
         if events:
             EVENTS_CONSUMED.labels(self.topic_name).inc(len(events))
             self.last_event_wall = time.time()
@@ -292,17 +338,10 @@ def create_app(settings: Settings) -> faust.App:
     redis = aioredis.Redis.from_url(settings.redis_url)
     pools = load_pool_directory(DATA_DIR / "pools-v2.json")
 
-    batches_credited = SHARE_BATCHES_APPLIED.labels("credited")
-    batches_late = SHARE_BATCHES_APPLIED.labels("late")
-
-    def apply_share_batch(state: ShareBatchPartition, raw: bytes | None) -> ShareOutcome:
-        outcome = state.apply(raw)
-        (batches_credited if outcome is ShareOutcome.CREDITED else batches_late).inc()
-        return outcome
 
     shares = CheckpointedInput(
         app, settings, settings.topics.compacted_shares, settings.partitions.compacted_shares,
-        lambda raw: ShareBatchPartition.restore(raw, settings), apply_share_batch,
+        lambda raw: ShareBatchPartition.restore(raw, settings), ShareBatchPartition.apply,
     )
     chain_input = CheckpointedInput(
         app, settings, settings.topics.blocks, settings.partitions.blocks,
@@ -324,8 +363,13 @@ def create_app(settings: Settings) -> faust.App:
         for checkpointed in inputs:
             checkpointed.assign(assigned)
 
+    async def on_recovered(sender: Any, *args: Any, **kwargs: Any) -> None:
+        for checkpointed in inputs:
+            checkpointed.recovered()
+
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    app.on_rebalance_complete.connect(on_recovered)  # type: ignore[arg-type]
 
     @app.agent(shares.topic)
     async def share_batches(stream: Any) -> None:
@@ -357,6 +401,17 @@ def create_app(settings: Settings) -> faust.App:
             }): b.height for b in recent})
             EVENT_TIME_LAG.labels(settings.topics.blocks).set(time.time() - recent[-1].time)
         pipe.set(keys.partial("blocks"), orjson.dumps(state.summary(COVERAGE_BLOCKS)))
+
+    @app.timer(interval=5.0)
+    async def crash_if_recovery_stalls() -> None:
+        """Faust's changelog recovery can hang after quick successive rebalances (no record
+        arrives for an assigned changelog partition). A worker stuck so holds its partitions
+        and nothing moves: better to stop, hand them over, and be restarted."""
+        stalled = max(checkpointed.recovery_stalled_s() for checkpointed in inputs)
+        if stalled > settings.recovery_stall_s:
+            log.error("changelog recovery has not finished %.0f s after the assignment: "
+                      "stopping this worker so that others take its partitions", stalled)
+            await app.crash(RuntimeError("changelog recovery stalled"))
 
     @app.timer(interval=settings.checkpoint_interval_s)
     async def checkpoint_quiet_partitions() -> None:

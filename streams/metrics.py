@@ -16,6 +16,12 @@ EVENTS_DEAD_LETTERED = Counter(
     "Input messages that could not be used and went to the dead-letter topic",
     ["topic"],
 )
+OFFSET_REREADS = Counter(
+    "hashatlas_offset_rereads_total",
+    "Input partitions read again from the state's next offset because Faust resumed them "
+    "elsewhere (after a restore, or a jump of more than one offset)",
+    ["topic"],
+)
 SHARES = Counter(
     "hashatlas_shares_total",
     "Shares seen, by what happened to them (credited, rejected, duplicate, late)",

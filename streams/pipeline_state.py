@@ -10,6 +10,7 @@ Faust redelivers below its offset: nothing is lost and nothing is applied twice.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import time
 import zlib
@@ -79,6 +80,51 @@ def plain_batch_fields(
     if region is None or not consistent:
         return None
     return pool, region, start, end, count, total, squares
+
+
+class Admission(enum.Enum):
+    """What to do with the next event of a partition (see ``ResumeCheck``)."""
+
+    APPLY = "apply"
+    REREAD = "reread"  # seek back to the partition's next offset; drop this event
+    STALE = "stale"  # fetched before that seek: drop it, seek again
+
+
+@dataclass
+class ResumeCheck:
+    """Which offsets of one input topic's partitions may be applied next.
+
+    Offsets may skip one mid-stream (a transaction marker). After a restore, or a jump over
+    more than one offset, the offset is believed only once a re-read from the state's next
+    offset brings it again (a marker, an aborted transaction, records gone with retention).
+    Faust can resume a partition past its last commit after quick successive rebalances
+    (seen: one record, or a hundred); the re-read brings them back.
+    """
+
+    rereads: dict[int, tuple[int, int]] = field(default_factory=dict)
+    verified: set[int] = field(default_factory=set)
+
+    def forget(self, partition: int) -> None:
+        """The partition's state was dropped or restored: check its next offset again."""
+        self.rereads.pop(partition, None)
+        self.verified.discard(partition)
+
+    def admit(self, partition: int, next_offset: int, offset: int) -> Admission:
+        pending = self.rereads.get(partition)
+        if pending is not None:
+            if offset > pending[1]:
+                return Admission.STALE
+            del self.rereads[partition]  # the first record the re-read brings: the log's truth
+            self.verified.add(partition)
+            return Admission.APPLY
+        if offset == next_offset or (offset == next_offset + 1 and partition in self.verified):
+            self.verified.add(partition)
+            return Admission.APPLY
+        self.rereads[partition] = (next_offset, offset)
+        return Admission.REREAD
+
+    def reread_from(self, partition: int) -> int:
+        return self.rereads[partition][0]
 
 
 def encode_checkpoint(body: dict[str, Any]) -> bytes:

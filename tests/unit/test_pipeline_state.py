@@ -12,8 +12,10 @@ from streams.core.blocks import load_pool_directory
 from streams.core.shares import ShareOutcome
 from streams.pipeline_state import (
     OVERFLOW_POOL,
+    Admission,
     ChainPartition,
     MarketPartition,
+    ResumeCheck,
     ShareBatchPartition,
 )
 from streams.settings import Settings
@@ -104,3 +106,37 @@ def test_the_version_moves_when_a_batch_is_credited_and_only_then() -> None:
     partial = state.partial(T0 + 10.0, settings.windows_s)
     assert state.partial(T0 + 10.0, settings.windows_s) == partial
     assert state.partial(T0 + 200.0, settings.windows_s) != partial
+
+
+def test_resume_check_applies_a_continuous_partition_and_one_marker_offset_mid_stream() -> None:
+    check = ResumeCheck()
+    assert check.admit(0, 10, 10) is Admission.APPLY
+    assert check.admit(0, 11, 12) is Admission.APPLY  # a transaction marker at 11
+    assert check.admit(0, 13, 13) is Admission.APPLY
+
+
+def test_resume_check_rereads_a_restored_partition_that_resumes_past_its_next_offset() -> None:
+    """Faust resuming one record late (seen after quick rebalances): read again, apply the
+    record it had skipped, and drop what was fetched before the seek."""
+    check = ResumeCheck()
+    assert check.admit(1, 534, 535) is Admission.REREAD
+    assert check.reread_from(1) == 534
+    assert check.admit(1, 534, 536) is Admission.STALE  # fetched before the seek
+    assert check.admit(1, 534, 534) is Admission.APPLY  # what the re-read brings
+    assert check.admit(1, 535, 535) is Admission.APPLY
+
+
+def test_resume_check_believes_a_jump_the_reread_shows_again() -> None:
+    check = ResumeCheck()
+    assert check.admit(2, 638, 638) is Admission.APPLY
+    assert check.admit(2, 639, 750) is Admission.REREAD  # more than a marker mid-stream
+    assert check.admit(2, 639, 750) is Admission.APPLY  # an aborted transaction: it is real
+    assert check.admit(2, 751, 752) is Admission.APPLY
+
+
+def test_resume_check_checks_again_after_a_partition_is_forgotten() -> None:
+    check = ResumeCheck()
+    assert check.admit(3, 5, 5) is Admission.APPLY
+    check.forget(3)  # revoked, or restored from a checkpoint
+    assert check.admit(3, 6, 7) is Admission.REREAD
+    assert check.admit(0, 0, 0) is Admission.APPLY  # other partitions are independent
