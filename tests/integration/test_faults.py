@@ -114,13 +114,6 @@ class Flow:
             await asyncio.sleep(pause_s)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open defect: after several rebalances in a row (kill, join, leave) the surviving workers can "
-    "stall: a revoked partition's unacknowledged events (waiting for their checkpoint) are "
-    "dropped with its state, and Faust's next rebalance waits for them; seen in about 1 run of "
-    "6. Acking them at revocation needs a flushed checkpoint inside the rebalance callback, "
-    "which deadlocked in a first try. The two-worker SIGKILL test in test_pipeline.py, with one "
-    "rebalance, passes every time."))
 async def test_workers_killed_restarted_added_and_removed_while_events_flow(
     isolated_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

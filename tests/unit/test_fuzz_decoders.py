@@ -526,7 +526,8 @@ def test_fast_path_credits_exactly_what_full_validation_accepts(share: dict[str,
 # ---- the workers' partitions --------------------------------------------------------------------
 
 
-# Times beyond ~9.2e19 s overflow the share windows' bucket index: see the xfail test below.
+# Times beyond ~9.2e19 s would overflow the share windows' bucket index; the contract refuses them
+# long before (event times at most max_future_skew_s ahead of the wall clock).
 bounded_json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
               st.floats(min_value=-1e18, max_value=1e18), st.text(max_size=40)),
