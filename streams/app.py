@@ -196,7 +196,7 @@ class CheckpointedInput(Generic[S]):
             if admission is not Admission.APPLY:
                 if admission is Admission.REREAD:
                     OFFSET_REREADS.labels(self.topic_name).inc()
-                    log.info("%s partition %d resumes at offset %d, not %d: reading it again",
+                    log.info("%s partition %d goes on at offset %d, not %d: reading it again",
                              self.topic_name, partition, message.offset, state.next_offset)
                 self.release([event])
                 reread.add(partition)
@@ -245,6 +245,7 @@ class CheckpointedInput(Generic[S]):
             to_ack.extend(state.unacked)
             state.unacked = []
             state.last_checkpoint = now
+            self.resume_check.checkpointed(partition)
             CHECKPOINTS.inc()
         if to_ack:
             await self.app.producer.flush()

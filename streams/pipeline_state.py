@@ -94,20 +94,26 @@ class Admission(enum.Enum):
 class ResumeCheck:
     """Which offsets of one input topic's partitions may be applied next.
 
-    Offsets may skip one mid-stream (a transaction marker). After a restore, or a jump over
-    more than one offset, the offset is believed only once a re-read from the state's next
-    offset brings it again (a marker, an aborted transaction, records gone with retention).
-    Faust can resume a partition past its last commit after quick successive rebalances
-    (seen: one record, or a hundred); the re-read brings them back.
+    Offsets may skip one (a transaction marker) in a partition read without interruption since
+    its last checkpoint. Otherwise (after a restore, until the state's first checkpoint) any
+    jump, and anywhere a jump over more than one offset, is believed only once a re-read from
+    the state's next offset brings it again (a marker, an aborted transaction, records gone
+    with retention). Faust can resume a partition past its last commit after quick successive
+    rebalances (seen: one record, or a hundred); the re-read brings them back.
     """
 
     rereads: dict[int, tuple[int, int]] = field(default_factory=dict)
-    verified: set[int] = field(default_factory=set)
+    settled: set[int] = field(default_factory=set)
 
     def forget(self, partition: int) -> None:
-        """The partition's state was dropped or restored: check its next offset again."""
+        """The partition's state was dropped or restored: check its offsets again."""
         self.rereads.pop(partition, None)
-        self.verified.discard(partition)
+        self.settled.discard(partition)
+
+    def checkpointed(self, partition: int) -> None:
+        """The partition's state was checkpointed since it was restored."""
+        if partition not in self.rereads:
+            self.settled.add(partition)
 
     def admit(self, partition: int, next_offset: int, offset: int) -> Admission:
         pending = self.rereads.get(partition)
@@ -115,10 +121,8 @@ class ResumeCheck:
             if offset > pending[1]:
                 return Admission.STALE
             del self.rereads[partition]  # the first record the re-read brings: the log's truth
-            self.verified.add(partition)
             return Admission.APPLY
-        if offset == next_offset or (offset == next_offset + 1 and partition in self.verified):
-            self.verified.add(partition)
+        if offset == next_offset or (offset == next_offset + 1 and partition in self.settled):
             return Admission.APPLY
         self.rereads[partition] = (next_offset, offset)
         return Admission.REREAD
