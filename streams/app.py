@@ -403,15 +403,24 @@ def create_app(settings: Settings) -> faust.App:
             EVENT_TIME_LAG.labels(settings.topics.blocks).set(time.time() - recent[-1].time)
         pipe.set(keys.partial("blocks"), orjson.dumps(state.summary(COVERAGE_BLOCKS)))
 
+    recovery_progress = {"remaining": -1, "at": time.monotonic()}
+
     @app.timer(interval=5.0)
     async def crash_if_recovery_stalls() -> None:
         """Faust's changelog recovery can hang after quick successive rebalances (no record
         arrives for an assigned changelog partition). A worker stuck so holds its partitions
-        and nothing moves: better to stop, hand them over, and be restarted."""
-        stalled = max(checkpointed.recovery_stalled_s() for checkpointed in inputs)
-        if stalled > settings.recovery_stall_s:
-            log.error("changelog recovery has not finished %.0f s after the assignment: "
-                      "stopping this worker so that others take its partitions", stalled)
+        and nothing moves: better to stop, hand them over, and be restarted. A long recovery
+        that still reads is left alone."""
+        remaining = app.tables.recovery.active_remaining_total()  # type: ignore[attr-defined]
+        now = time.monotonic()
+        if remaining != recovery_progress["remaining"]:
+            recovery_progress.update(remaining=remaining, at=now)
+        waiting = min(max(checkpointed.recovery_stalled_s() for checkpointed in inputs),
+                      now - recovery_progress["at"])
+        if waiting > settings.recovery_stall_s:
+            log.error("changelog recovery has not moved for %.0f s (%d changes left): "
+                      "stopping this worker so that others take its partitions",
+                      waiting, remaining)
             await app.crash(RuntimeError("changelog recovery stalled"))
 
     @app.timer(interval=settings.checkpoint_interval_s)
