@@ -52,6 +52,7 @@ from bench.common import (
     wait_for_log,
     write_result,
 )
+from streams.settings import Settings
 
 HASHES_PER_DIFFICULTY = 2.0**32
 MEAN_BATCH_SHARES = 500.0
@@ -59,6 +60,7 @@ MEAN_BATCH_SHARES = 500.0
 HEADROOM = 0.5  # run at half a core's rate: a backlog after an outage drains at 2× the inflow
 ACTIVE_KEYS = 5_000  # (pool, region) pairs with shares at any time: ~50 pools × ~100 regions
 BOUNDARY_SPLIT = 1.1  # batches cut at 10 s bucket edges within a flush
+COMPACT_INTERVAL_S = Settings().compact_interval_s
 DIFFICULTIES = (16_384.0, 65_536.0, 262_144.0, 1_048_576.0)
 
 
@@ -119,7 +121,8 @@ def capacity_plan(compactor_rate: float, worker_rate: float, two_worker_speedup:
         compactors = math.ceil(shares_per_s / (compactor_rate * HEADROOM))
         biggest_pool = max(w for _, w in POOLS) / sum(w for _, w in POOLS)
         hot_partition_cores = biggest_pool * shares_per_s / (compactor_rate * HEADROOM)
-        batches_per_s = ACTIVE_KEYS * BOUNDARY_SPLIT  # one flush per second per compactor
+        # Every active key is flushed once per compact interval (keys live on one partition).
+        batches_per_s = ACTIVE_KEYS * BOUNDARY_SPLIT / COMPACT_INTERVAL_S
         workers = max(1, math.ceil(batches_per_s / (worker_rate * HEADROOM)))
         return {
             "difficulty": d,
@@ -141,7 +144,7 @@ def capacity_plan(compactor_rate: float, worker_rate: float, two_worker_speedup:
             "headroom": HEADROOM,
             "active_pool_region_keys": ACTIVE_KEYS,
             "bucket_boundary_split": BOUNDARY_SPLIT,
-            "compact_interval_s": 1.0,
+            "compact_interval_s": COMPACT_INTERVAL_S,
             "compactor_events_per_s_per_core": round(compactor_rate),
             "worker_batches_per_s_per_core": round(worker_rate),
             "two_worker_speedup_measured": round(two_worker_speedup, 2),
