@@ -128,7 +128,11 @@ class ResumeCheck:
         return Admission.REREAD
 
     def reread_from(self, partition: int) -> int:
-        return self.rereads[partition][0]
+        """Where to seek: the last record applied, not the next offset. Faust counts the
+        offsets a consumer jumps over (transaction markers) as done only when it sees the jump
+        from a record it read; seeking onto a marker would leave that offset uncommitted, and
+        every later commit waiting for it. The record sought is skipped (already applied)."""
+        return max(self.rereads[partition][0] - 1, 0)
 
 
 def encode_checkpoint(body: dict[str, Any]) -> bytes:

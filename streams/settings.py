@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(default=30.0, gt=0.0)
     history_step_s: float = Field(default=60.0, gt=0.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
-    compact_interval_s: float = Field(default=0.5, gt=0.0)
+    compact_interval_s: float = Field(default=1.0, gt=0.0)
     max_message_bytes: int = Field(default=1_000_000, gt=0)
 
     electricity_method: str = "1.4.0"
