@@ -89,6 +89,7 @@ class CheckpointedInput(Generic[S]):
         self.assigned_generation: int | None = None
         self.assigned_at = 0.0
         self.resume_check = ResumeCheck()
+        self.committed: dict[int, int] = {}
         self.stream: Any = None
         self.last_event_wall = 0.0
 
@@ -122,11 +123,13 @@ class CheckpointedInput(Generic[S]):
         return time.monotonic() - self.assigned_at
 
     def release(self, events: list[Any]) -> None:
-        """Forget events without acknowledging them (their offsets are not committed).
+        """Tell Faust these events are done without acknowledging them: Faust commits nothing
+        for them; offsets are committed by ``commit_checkpointed`` only.
 
-        They belong to a partition this worker no longer owns: its next owner reads them again
-        from the last commit, and its checkpoint says which it already holds. Left pending,
-        they would make Faust's next rebalance wait for them forever."""
+        Events are released once a flushed checkpoint covers them, when the checkpoint already
+        did, or when this worker no longer owns their partition (its next owner reads them
+        again from the last commit). Left pending, Faust's next rebalance would wait for them
+        forever."""
         pending = self.app.consumer.unacked
         for event in events:
             event.message.acked = True
@@ -167,6 +170,7 @@ class CheckpointedInput(Generic[S]):
             if tp.topic == self.topic_name:
                 self.owned.discard(tp.partition)
                 self.resume_check.forget(tp.partition)
+                self.committed.pop(tp.partition, None)
                 state = self.states.pop(tp.partition, None)
                 if state is not None and state.unacked:
                     self.release(state.unacked)
@@ -190,7 +194,7 @@ class CheckpointedInput(Generic[S]):
                 continue
             state = self.state(partition)
             if message.offset < state.next_offset:
-                await self.stream.ack(event)  # already inside the restored checkpoint
+                self.release([event])  # already inside the restored checkpoint
                 continue
             admission = self.resume_check.admit(partition, state.next_offset, message.offset)
             if admission is not Admission.APPLY:
@@ -229,8 +233,17 @@ class CheckpointedInput(Generic[S]):
         EVENTS_DEAD_LETTERED.labels(self.topic_name).inc(len(dead))
         await self.checkpoint_due()
 
+    async def seek_pending_rereads(self) -> None:
+        """Seek again where a re-read has not begun: Faust drops what the seek brings if a
+        record fetched before it arrives after it (its read position jumps past them)."""
+        for partition in self.resume_check.pending():
+            if self.owns(partition):
+                await self.app.consumer.seek(TP(self.topic_name, partition),
+                                             self.resume_check.reread_from(partition))
+
     async def checkpoint_due(self, force: bool = False) -> None:
-        """Checkpoint states with unacknowledged events, then acknowledge those events."""
+        """Checkpoint states with events applied since their last checkpoint, flush, then
+        release those events and commit."""
         now = time.monotonic()
         to_ack: list[Any] = []
         for partition, state in list(self.states.items()):
@@ -249,8 +262,26 @@ class CheckpointedInput(Generic[S]):
             CHECKPOINTS.inc()
         if to_ack:
             await self.app.producer.flush()
-            for event in to_ack:
-                await self.stream.ack(event)
+            self.release(to_ack)
+        await self.commit_checkpointed()
+
+    async def commit_checkpointed(self) -> None:
+        """Commit each owned partition at its state's next offset, once a flushed checkpoint
+        covers it (no event applied since).
+
+        Not Faust's commit: it commits offsets from the events acknowledged and from the ones
+        it saw skipped, and misses transaction markers (none counted after offset 0, nor where
+        it seeks onto one): a partition's commit then stops for good (seen with many small
+        compactor transactions) and every restart re-reads all since."""
+        offsets = {}
+        for partition, state in list(self.states.items()):
+            if (self.owns(partition) and not state.unacked
+                    and state.next_offset > self.committed.get(partition, -1)):
+                offsets[TP(self.topic_name, partition)] = state.next_offset
+        # Faust's public commit() takes no offsets; _commit commits these (assigned ones only).
+        if offsets and await self.app.consumer._commit(offsets):  # type: ignore[attr-defined]
+            for tp, offset in offsets.items():
+                self.committed[tp.partition] = offset
 
 
 def estimation_config(settings: Settings) -> EstimationConfig:
@@ -307,34 +338,6 @@ def read_committed_worker_consumers() -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_read_committed  # type: ignore[method-assign]
 
 
-def commit_through_every_run() -> None:
-    """Let one Faust commit pass every consecutive run of acknowledged offsets, not just one.
-
-    Faust merges the offsets it jumped over (transaction markers) into the acknowledged ones,
-    and the list can then hold an offset twice; each commit stops at the first break, so it
-    advanced one transaction per commit interval while the compactor writes two per second:
-    the committed offset fell further behind by the hour (seen in the soak), and every restart
-    re-read all of it. This takes the next run as long as it starts at or below where the
-    previous one ended, so an offset not acknowledged still stops the commit. Idempotent."""
-    from faust.transport.consumer import Consumer
-
-    new_offset = Consumer._new_offset
-    if getattr(new_offset, "through_every_run", False):
-        return
-
-    def new_offset_through_every_run(self: Any, tp: TP) -> int | None:
-        offset: int | None = new_offset(self, tp)
-        while offset is not None and self._acked[tp] and min(self._acked[tp]) <= offset:
-            more = new_offset(self, tp)
-            if more is None:
-                break
-            offset = max(offset, more)
-        return offset
-
-    new_offset_through_every_run.through_every_run = True  # type: ignore[attr-defined]
-    Consumer._new_offset = new_offset_through_every_run  # type: ignore[method-assign]
-
-
 class HashatlasApp(faust.App):
     """Waits for in-flight events during rebalances (so none is applied by two owners), but
     not at shutdown: unacknowledged events wait for a checkpoint, and a stopping worker's are
@@ -348,7 +351,6 @@ class HashatlasApp(faust.App):
 def create_app(settings: Settings) -> faust.App:
     """The Faust app with its agents, timers and the snapshot leader."""
     read_committed_worker_consumers()
-    commit_through_every_run()
     app = HashatlasApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -457,6 +459,7 @@ def create_app(settings: Settings) -> faust.App:
         for checkpointed in inputs:
             if checkpointed.stream is not None:
                 await checkpointed.checkpoint_due()
+                await checkpointed.seek_pending_rereads()
 
     @app.timer(interval=settings.snapshot_interval_s)
     async def write_partials() -> None:

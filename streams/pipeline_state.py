@@ -94,12 +94,12 @@ class Admission(enum.Enum):
 class ResumeCheck:
     """Which offsets of one input topic's partitions may be applied next.
 
-    Offsets may skip one (a transaction marker) in a partition read without interruption since
-    its last checkpoint. Otherwise (after a restore, until the state's first checkpoint) any
-    jump, and anywhere a jump over more than one offset, is believed only once a re-read from
-    the state's next offset brings it again (a marker, an aborted transaction, records gone
-    with retention). Faust can resume a partition past its last commit after quick successive
-    rebalances (seen: one record, or a hundred); the re-read brings them back.
+    Offsets may skip one (a transaction marker) in a partition whose position is known good:
+    read without interruption since its last checkpoint, or since a re-read. Otherwise (after a
+    restore) any jump, and anywhere a jump over more than one offset, is believed only once a
+    re-read from the state's next offset brings it again (a marker, an aborted transaction,
+    records gone with retention). Faust can resume a partition past its last commit after quick
+    successive rebalances (seen: one record, or a hundred); the re-read brings them back.
     """
 
     rereads: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -121,11 +121,16 @@ class ResumeCheck:
             if offset > pending[1]:
                 return Admission.STALE
             del self.rereads[partition]  # the first record the re-read brings: the log's truth
+            self.settled.add(partition)  # and the position is Kafka's again, not Faust's
             return Admission.APPLY
         if offset == next_offset or (offset == next_offset + 1 and partition in self.settled):
             return Admission.APPLY
         self.rereads[partition] = (next_offset, offset)
         return Admission.REREAD
+
+    def pending(self) -> list[int]:
+        """Partitions waiting for the re-read to bring back their next offset."""
+        return list(self.rereads)
 
     def reread_from(self, partition: int) -> int:
         """Where to seek: the last record applied, not the next offset. Faust counts the
