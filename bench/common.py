@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -575,6 +575,15 @@ def write_result(name: str, body: dict[str, Any], quick: bool) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(body, indent=2, default=float) + "\n")
     return path
+
+
+def finish(name: str, result: dict[str, Any], quick: bool,
+           report: Callable[[dict[str, Any]], None]) -> int:
+    """The end of every bench's main: mark the scale, print the table, write the JSON."""
+    result["setup"]["quick"] = quick
+    report(result)
+    print(f"\nwrote {write_result(name, result, quick)}")
+    return 0
 
 
 def rate(count: float, seconds: float) -> float:

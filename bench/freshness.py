@@ -45,6 +45,7 @@ from bench.common import (
     SnapshotWatcher,
     SpyProfile,
     cpu_seconds,
+    finish,
     free_port,
     isolated_run,
     machine,
@@ -53,7 +54,6 @@ from bench.common import (
     started_worker,
     stop_processes,
     summarise_profile,
-    write_result,
 )
 from streams.settings import Settings
 
@@ -274,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = 8.0 if args.quick else args.duration
     result = asyncio.run(measure(args.rates, duration, args.warmup, args.compact_interval,
                                  args.snapshot_interval, args.profile))
-    result["setup"]["quick"] = args.quick
-    report(result)
-    print(f"\nwrote {write_result('freshness', result, args.quick)}")
-    return 0
+    return finish("freshness", result, args.quick, report)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from bench.common import (
     SnapshotWatcher,
     cpu_seconds,
     data_ends,
+    finish,
     free_port,
     isolated_run,
     machine,
@@ -50,7 +51,6 @@ from bench.common import (
     stop_processes,
     topic_ends,
     wait_group_caught_up,
-    write_result,
 )
 from streams.rediskeys import RedisKeys
 
@@ -157,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = 100_000 if args.quick else args.workers
     shares = args.shares or 2 * workers
     result = asyncio.run(measure(workers, shares, args.regions, args.span, args.hold))
-    result["setup"]["quick"] = args.quick
-    report(result)
-    print(f"\nwrote {write_result('memory', result, args.quick)}")
-    return 0
+    return finish("memory", result, args.quick, report)
 
 
 if __name__ == "__main__":

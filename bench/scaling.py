@@ -38,6 +38,7 @@ from bench.common import (
     Worker,
     batch_chunks,
     cpu_seconds,
+    finish,
     free_port,
     isolated_run,
     machine,
@@ -50,7 +51,6 @@ from bench.common import (
     topic_ends,
     wait_first_progress,
     wait_for_log,
-    write_result,
 )
 from streams.settings import Settings
 
@@ -242,10 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = 100_000 if args.quick else args.batches
     result = asyncio.run(measure(batches, args.network_ehs, args.difficulty,
                                  args.compactor_rate, args.quick))
-    result["setup"]["quick"] = args.quick
-    report(result)
-    print(f"\nwrote {write_result('scaling', result, args.quick)}")
-    return 0
+    return finish("scaling", result, args.quick, report)
 
 
 if __name__ == "__main__":

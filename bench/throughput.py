@@ -58,6 +58,7 @@ from bench.common import (
     batch_chunks,
     cpu_seconds,
     data_ends,
+    finish,
     free_port,
     isolated_run,
     machine,
@@ -72,7 +73,6 @@ from bench.common import (
     topic_ends,
     wait_first_progress,
     wait_group_caught_up,
-    write_result,
 )
 from streams.app import TAKE_MAX, TAKE_WITHIN_S
 from streams.settings import Settings
@@ -455,10 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     shares, batches, naive_max = ((1_000_000, 100_000, 100_000) if args.quick
                                   else (args.shares, args.batches, args.naive_max))
     result = asyncio.run(measure(shares, batches, naive_max, args.profile))
-    result["setup"]["quick"] = args.quick
-    report(result)
-    print(f"\nwrote {write_result('throughput', result, args.quick)}")
-    return 0
+    return finish("throughput", result, args.quick, report)
 
 
 if __name__ == "__main__":
