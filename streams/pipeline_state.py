@@ -133,10 +133,10 @@ class ResumeCheck:
         return list(self.rereads)
 
     def reread_from(self, partition: int) -> int:
-        """Where to seek: the last record applied, not the next offset. Faust counts the
-        offsets a consumer jumps over (transaction markers) as done only when it sees the jump
-        from a record it read; seeking onto a marker would leave that offset uncommitted, and
-        every later commit waiting for it. The record sought is skipped (already applied)."""
+        """Where to seek: the last record applied, not the next offset, so that Faust reads a
+        record first and sees any offsets jumped over after it (its own bookkeeping counts them
+        only then). That record is skipped: it is already applied. (Offsets are committed by
+        the worker from its checkpoints, not from this bookkeeping.)"""
         return max(self.rereads[partition][0] - 1, 0)
 
 
