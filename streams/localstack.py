@@ -270,12 +270,13 @@ def _kafka_answers(settings: Settings) -> bool:
     if not port_open(host, port):
         return False
     try:
-        return asyncio.run(_list_topics(settings)) is not None
+        return asyncio.run(list_topics(settings)) is not None
     except Exception:
         return False
 
 
-async def _list_topics(settings: Settings) -> set[str]:
+async def list_topics(settings: Settings) -> set[str]:
+    """Topic names on the broker, with the settings' SASL/TLS options (3 s timeout)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=3000)

@@ -376,17 +376,6 @@ group.initial.rebalance.delay.ms=0
 """
 
 
-async def sasl_topics(settings: Settings) -> set[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=3000)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
 @pytest.fixture()
 async def sasl_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
     """A private Kafka broker that accepts only SASL/PLAIN clients."""
@@ -426,7 +415,7 @@ async def sasl_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
             assert proc.poll() is None, (tmp_path / "kafka.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "SASL broker not ready in 90 s"
             try:
-                await sasl_topics(settings)
+                await localstack.list_topics(settings)
                 break
             except Exception:
                 await asyncio.sleep(0.5)
@@ -456,7 +445,7 @@ async def test_compactor_runs_on_a_sasl_broker_and_wrong_credentials_are_refused
     plan = {settings.topics.shares: 2, settings.topics.compacted_shares: 2,
             settings.topics.dead_letter: 1}
     assert sorted(await localstack.create_topics(settings, plan)) == sorted(plan)
-    assert set(plan) <= await sasl_topics(settings)
+    assert set(plan) <= await localstack.list_topics(settings)
     assert await localstack.create_topics(settings, plan) == []
     assert await asyncio.to_thread(localstack._kafka_answers, settings)
 
