@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis server (never a mock) and paths to the shared reference data."""
+"""Shared fixtures: a real Redis server (never a mock) and the test data shipped in tests/data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+TEST_DATA = PROJECT_ROOT / "tests" / "data"
 
 
 def free_port() -> int:
@@ -23,10 +23,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared reference data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def test_data() -> Path:
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")

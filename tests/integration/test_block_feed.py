@@ -2,7 +2,7 @@
 
 btcd is built by deploy/local/install_btcd.sh (a no-op once installed). The recorded servers
 answer with Bitcoin Core's and Esplora's JSON shapes: for the real mainnet blocks of
-shared/data/real_blocks.jsonl, and for a chain of headers built here around those blocks' real
+tests/data/real_blocks.jsonl, and for a chain of headers built here around those blocks' real
 coinbases, which the tests then reorganise.
 """
 
@@ -43,7 +43,7 @@ from streams.feeds.blocks import (
 )
 from streams.localstack import create_topics
 from streams.settings import PROJECT_ROOT, Settings, get_settings
-from tests.conftest import SHARED_DATA, free_port
+from tests.conftest import TEST_DATA, free_port
 from tests.integration.recorded_http import Request, Response, recorded_server
 
 INSTALL_BTCD = PROJECT_ROOT / "deploy" / "local" / "install_btcd.sh"
@@ -265,7 +265,7 @@ class RecordedBlock:
 
 
 def _real_blocks() -> list[dict[str, Any]]:
-    lines = (SHARED_DATA / "real_blocks.jsonl").read_text().splitlines()
+    lines = (TEST_DATA / "real_blocks.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
@@ -479,7 +479,7 @@ def test_replay_command_produces_good_lines_by_height_and_reports_bad_ones(
     try:
         settings = get_settings()
         asyncio.run(create_topics(settings, {topic: 1}))
-        good = (SHARED_DATA / "real_blocks.jsonl").read_text().splitlines()
+        good = (TEST_DATA / "real_blocks.jsonl").read_text().splitlines()
         bad = ['{"type": "block", "height": 5, "hash": "xyz", "time": 1, "bits": "1d00ffff"}',
                '{"type": "price", "ts": 1, "btc_usd": 5}', "{truncated"]
         path = tmp_path / "blocks.jsonl"

@@ -112,10 +112,10 @@ async def _produce_slowly(settings: Settings, events: list[dict[str, Any]]) -> N
 
 
 async def test_real_blocks_are_attributed_and_bad_input_dead_lettered(
-    isolated_settings: Settings, tmp_path: Path, shared_data: Path
+    isolated_settings: Settings, tmp_path: Path, test_data: Path
 ) -> None:
     settings = isolated_settings
-    blocks = (shared_data / "real_blocks.jsonl").read_bytes().splitlines()
+    blocks = (test_data / "real_blocks.jsonl").read_bytes().splitlines()
     bad_blocks: list[bytes | dict[str, object]] = [
         b"\xff\xfe not utf8",
         {"type": "block", "height": -1, "hash": "00" * 32, "time": 1, "bits": "1d00ffff"},

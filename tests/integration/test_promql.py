@@ -7,7 +7,7 @@ in the publisher's key layout. The values make one coherent incident in which ev
 condition holds, so every expression must return data: the share feed has stalled (the share
 counters stand still while the consumer lag on ``shares`` grows and the snapshot says it is
 stale), a price source sends 5 % malformed messages, and the shift detector reports KZ.
-The network figures are CCAF's and Coin Metrics' for 2019-08-31 (shared/data/cbeci), so the
+The network figures are CCAF's and Coin Metrics' for 2019-08-31 (tests/data/cbeci), so the
 dashboards' derived numbers (EH/s, TWh/yr) are checked against published values.
 """
 
@@ -82,9 +82,9 @@ class Day:
     hashprice_usd_ph_day: float
 
 
-def load_day(shared_data: Path) -> Day:
-    coinmetrics = _row(shared_data / "cbeci" / "coinmetrics_btc_daily.csv", "time")
-    ccaf = _row(shared_data / "cbeci" / "ccaf_published_daily.csv", "date")
+def load_day(test_data: Path) -> Day:
+    coinmetrics = _row(test_data / "cbeci" / "coinmetrics_btc_daily.csv", "time")
+    ccaf = _row(test_data / "cbeci" / "ccaf_published_daily.csv", "date")
     hashrate_hs = float(coinmetrics["HashRate"]) * 1e12
     revenue_usd = float(coinmetrics["IssTotUSD"]) + float(coinmetrics["FeeTotUSD"])
     return Day(
@@ -294,8 +294,8 @@ class PrometheusAPI:
 
 
 @pytest.fixture(scope="module")
-def day(shared_data: Path) -> Day:
-    return load_day(shared_data)
+def day(test_data: Path) -> Day:
+    return load_day(test_data)
 
 
 @pytest.fixture(scope="module")

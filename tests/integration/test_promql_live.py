@@ -46,14 +46,14 @@ def _recorded(rule_file: Path) -> set[str]:
 
 
 async def test_live_pipeline_exports_every_metric_the_dashboards_and_rules_use(
-    isolated_settings: Settings, tmp_path: Path, shared_data: Path
+    isolated_settings: Settings, tmp_path: Path, test_data: Path
 ) -> None:
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed (apt-get install -y prometheus)"
     api_port, compactor_port, worker_port, prom_port = (free_port() for _ in range(4))
     settings = isolated_settings.model_copy(update={"api_port": api_port})
     await produce(settings, settings.topics.blocks,
-                  (shared_data / "real_blocks.jsonl").read_bytes().splitlines())
+                  (test_data / "real_blocks.jsonl").read_bytes().splitlines())
     await produce(settings, settings.topics.market,
                   [{"type": "price", "ts": time.time(), "btc_usd": 95_000.0}])
     worker = Worker(settings, tmp_path, "worker", metrics_port=worker_port)

@@ -46,8 +46,8 @@ IPV4 = re.compile(rb"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 
 
 @pytest.fixture(scope="module")
-def block_722010(shared_data: Path) -> dict[str, Any]:
-    with open(shared_data / "real_blocks.jsonl", encoding="utf-8") as handle:
+def block_722010(test_data: Path) -> dict[str, Any]:
+    with open(test_data / "real_blocks.jsonl", encoding="utf-8") as handle:
         for raw in handle:
             block: dict[str, Any] = json.loads(raw)
             if block["height"] == 722010:

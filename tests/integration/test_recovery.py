@@ -74,13 +74,13 @@ def _history(client: redis.Redis, keys: RedisKeys, series: str) -> list[bytes]:
 
 async def test_redis_restarting_empty_is_rebuilt(
     isolated_settings: Settings, restartable_redis: RestartableRedis, tmp_path: Path,
-    shared_data: Path,
+    test_data: Path,
 ) -> None:
     settings = isolated_settings.model_copy(update={"redis_url": restartable_redis.url})
     await create_topics(settings)
     keys = RedisKeys(settings.redis_prefix)
     await produce(settings, settings.topics.blocks,
-                  (shared_data / "real_blocks.jsonl").read_bytes().splitlines())
+                  (test_data / "real_blocks.jsonl").read_bytes().splitlines())
     await produce(settings, settings.topics.market,
                   [{"type": "price", "ts": 1_795_000_000.0, "btc_usd": 95_000.0}])
     worker = Worker(settings, tmp_path / "w", "w1")

@@ -34,7 +34,7 @@ SHIPPED_HARDWARE = PROJECT_ROOT / "streams" / "data" / "hardware.csv"
 SHIPPED_PRICES = PROJECT_ROOT / "streams" / "data" / "electricity_prices.yaml"
 CCAF_SOURCE = "CCAF ccaf_cbeci_api server_config/miners.csv"
 
-# Bounds measured with the shipped table and the shared Coin Metrics file, method 1.2.0.
+# Bounds measured with the shipped table and the Coin Metrics file in tests/data, method 1.2.0.
 BOUNDS_MAX_REL_ERROR_2019 = 1e-6  # measured 5.99e-7
 UPPER_MAX_REL_ERROR_2018 = 2e-6  # measured 1.58e-6
 BEST_REL_ERROR_RANGE_2019 = (-0.115, -0.035)  # measured -0.1109 … -0.0385 (CCAF's list is larger)
@@ -56,13 +56,13 @@ def read_columns(path: Path) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def coinmetrics(shared_data: Path) -> dict[str, list[str]]:
-    return read_columns(shared_data / "cbeci" / "coinmetrics_btc_daily.csv")
+def coinmetrics(test_data: Path) -> dict[str, list[str]]:
+    return read_columns(test_data / "cbeci" / "coinmetrics_btc_daily.csv")
 
 
 @pytest.fixture(scope="module")
-def published(shared_data: Path) -> dict[str, npt.NDArray[np.float64]]:
-    columns = read_columns(shared_data / "cbeci" / "ccaf_published_daily.csv")
+def published(test_data: Path) -> dict[str, npt.NDArray[np.float64]]:
+    columns = read_columns(test_data / "cbeci" / "ccaf_published_daily.csv")
     result = {k: np.array(v, dtype=float) for k, v in columns.items() if k != "date"}
     result["date"] = np.array(columns["date"], dtype="datetime64[D]")
     return result
@@ -92,9 +92,9 @@ def test_coinmetrics_hashrate_identity(coinmetrics: dict[str, list[str]]) -> Non
 
 
 def test_shipped_table_holds_ccaf_list_unchanged(
-    shared_data: Path, hardware: HardwareTable
+    test_data: Path, hardware: HardwareTable
 ) -> None:
-    columns = read_columns(shared_data / "cbeci" / "miners.csv")
+    columns = read_columns(test_data / "cbeci" / "miners.csv")
     ccaf = [i for i, source in enumerate(hardware.sources) if source == CCAF_SOURCE]
     assert [hardware.models[i] for i in ccaf] == columns["Miner_name"]
     np.testing.assert_array_equal(
@@ -105,8 +105,8 @@ def test_shipped_table_holds_ccaf_list_unchanged(
     )
 
 
-def test_shipped_table_converts_newer_machines(shared_data: Path, hardware: HardwareTable) -> None:
-    columns = read_columns(shared_data / "asic_efficiency.csv")
+def test_shipped_table_converts_newer_machines(test_data: Path, hardware: HardwareTable) -> None:
+    columns = read_columns(test_data / "asic_efficiency.csv")
     by_source = {
         (hardware.sources[i], hardware.models[i]): i
         for i in range(len(hardware))
@@ -416,10 +416,10 @@ def run_cli(argv: list[str]) -> int:
 
 
 def test_cli_writes_the_reproduced_series(
-    shared_data: Path, published: dict[str, npt.NDArray[np.float64]], tmp_path: Path
+    test_data: Path, published: dict[str, npt.NDArray[np.float64]], tmp_path: Path
 ) -> None:
     out = tmp_path / "cbeci.csv"
-    source = shared_data / "cbeci" / "coinmetrics_btc_daily.csv"
+    source = test_data / "cbeci" / "coinmetrics_btc_daily.csv"
     argv = ["cbeci", "--coinmetrics", str(source), "--method", "1.2.0", "--out", str(out)]
     assert run_cli(argv) == 0
     columns = read_columns(out)

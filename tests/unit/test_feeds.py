@@ -42,13 +42,13 @@ from streams.feeds.prices import (
     price_event,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parents[1] / "data"
 EVENT_FIELDS = ("type", "height", "hash", "prev_hash", "time", "bits", "coinbase_hex",
                 "coinbase_value_sat")
 
 
 def _real_blocks() -> list[dict[str, Any]]:
-    path = SHARED_DATA / "real_blocks.jsonl"
+    path = TEST_DATA / "real_blocks.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -365,7 +365,7 @@ def test_retry_delay_doubles_up_to_its_cap() -> None:
 
 
 def test_replay_lines_keep_the_recorded_event_and_name_bad_fields() -> None:
-    line = (SHARED_DATA / "real_blocks.jsonl").read_text().splitlines()[0]
+    line = (TEST_DATA / "real_blocks.jsonl").read_text().splitlines()[0]
     assert parse_replay_line(line) == json.loads(line)  # extra fields (header_hex) kept
     cases = {"{oops": "$", "[1]": "$", '{"type": "price", "ts": 1, "btc_usd": 2}': "type",
              line.replace('"bits": "1972dbf2"', '"bits": "1972dbf"'): "bits"}
@@ -383,7 +383,7 @@ def test_replay_pause_follows_block_times_over_speed() -> None:
 
 
 async def test_replay_sends_good_lines_and_reports_bad_ones_by_number() -> None:
-    good = (SHARED_DATA / "real_blocks.jsonl").read_text().splitlines()
+    good = (TEST_DATA / "real_blocks.jsonl").read_text().splitlines()
     lines = [good[0], "", "not json", good[1], '{"type": "block", "height": 1}']
     sent: list[tuple[int, str]] = []
     errors = io.StringIO()

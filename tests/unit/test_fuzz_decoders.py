@@ -44,7 +44,7 @@ from streams.core.regions import normalise_region
 from streams.core.shares import ShareOutcome
 from streams.pipeline_state import ChainPartition, MarketPartition, ShareBatchPartition
 from streams.settings import Settings, get_settings
-from tests.conftest import PROJECT_ROOT, SHARED_DATA
+from tests.conftest import PROJECT_ROOT, TEST_DATA
 
 T0 = 1_795_000_000.0
 NOW = T0 + 3600.0  # the clock the compactor and the decoder are given
@@ -71,8 +71,8 @@ MODEL_FIELDS = {"share": set(ShareEvent.model_fields), "share_batch":
 
 
 def _real_blocks() -> list[dict[str, Any]]:
-    """The five real mainnet blocks of the shared data (a valid block is hard to make up)."""
-    path = SHARED_DATA / "real_blocks.jsonl"
+    """The five real mainnet blocks of tests/data (a valid block is hard to make up)."""
+    path = TEST_DATA / "real_blocks.jsonl"
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 

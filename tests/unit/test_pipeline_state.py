@@ -71,10 +71,10 @@ def test_junk_is_rejected_with_a_field() -> None:
         state.apply(too_long)
 
 
-def test_chain_checkpoint_restores_the_chain(shared_data: Path) -> None:
+def test_chain_checkpoint_restores_the_chain(test_data: Path) -> None:
     pools = load_pool_directory(POOLS_FILE)
     state = ChainPartition.restore(None, pools)
-    for line in (shared_data / "real_blocks.jsonl").read_bytes().splitlines():
+    for line in (test_data / "real_blocks.jsonl").read_bytes().splitlines():
         state.apply(line)
     state.next_offset = 5
     restored = ChainPartition.restore(state.checkpoint(), pools)
