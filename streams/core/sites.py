@@ -132,7 +132,8 @@ def _country_ok(code: str) -> bool:
 
 @lru_cache(maxsize=4096)
 def _subdivision_country(code: str) -> str | None:
-    subdivision = pycountry.subdivisions.get(code=code)
+    lookup: Any = getattr(pycountry.subdivisions, "get")  # noqa: B009 (pycountry is untyped)
+    subdivision = lookup(code=code)
     return None if subdivision is None else str(subdivision.country_code)
 
 
