@@ -23,6 +23,7 @@ from streams.core import sites as core
 from streams.core.regions import region_name
 
 REGION_CODE_PATTERN = r"^[A-Za-z]{2}(-[A-Za-z0-9]{1,3})?$"
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 JSON_MEDIA_TYPE = "application/json"
 GEOJSON_MEDIA_TYPE = "application/geo+json"
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
@@ -112,6 +113,16 @@ class CapacityResponse(BaseModel):
     moved_to_hpc: list[dict[str, Any]]
 
 
+def _date(text: str | None) -> datetime.date | None:
+    """A ``YYYY-MM-DD`` query value (pydantic's date would also take Unix seconds)."""
+    if text is None:
+        return None
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise invalid_parameter("at", f"not a calendar date: {text!r}") from None
+
+
 def _known_region(code: str) -> bool:
     try:
         region_name(code)
@@ -149,13 +160,15 @@ async def sites(
                                         description="ISO 3166-1 or 3166-2 code")] = None,
     status: Annotated[Status | None, Query(description="site status")] = None,
     operator: Annotated[str | None, Query(max_length=200, examples=["Riot Platforms"])] = None,
-    at: Annotated[datetime.date | None, Query(description="each site's state on this date")
+    at: Annotated[str | None, Query(pattern=DATE_PATTERN, examples=["2024-06-30"],
+                                    description="each site's state on this date (YYYY-MM-DD)")
                   ] = None,
     history: Annotated[bool, Query(description="every row, not only each site's latest")
                        ] = False,
     output_format: Annotated[SitesFormat, Query(alias="format")] = SitesFormat.json,
 ) -> Response:
     rows: Sequence[core.Site] = registry(request)
+    day = _date(at)
     if region is not None:
         code = region.upper()
         if not _known_region(code):
@@ -169,10 +182,10 @@ async def sites(
                                     f"registry (known: {', '.join(sorted(operators))})")
         rows = [s for s in rows if s.operator == operator]
     if history:
-        rows = sorted((s for s in rows if at is None or s.as_of <= at),
+        rows = sorted((s for s in rows if day is None or s.as_of <= day),
                       key=lambda s: (s.operator, s.site, s.as_of))
     else:
-        rows = core.latest(rows, at)
+        rows = core.latest(rows, day)
     if status is not None:
         rows = [s for s in rows if s.status == status.value]
     if output_format is SitesFormat.csv:
@@ -180,7 +193,7 @@ async def sites(
                         headers={"Content-Disposition": 'inline; filename="hashatlas-sites.csv"'})
     if output_format is SitesFormat.geojson:
         return Response(orjson.dumps(core.to_geojson(rows)), media_type=GEOJSON_MEDIA_TYPE)
-    body = {"at": at.isoformat() if at else None, "count": len(rows),
+    body = {"at": day.isoformat() if day else None, "count": len(rows),
             "sites": [s.as_dict() for s in rows]}
     return Response(orjson.dumps(body), media_type=JSON_MEDIA_TYPE)
 
