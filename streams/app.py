@@ -306,7 +306,8 @@ def site_capacity_w(settings: Settings) -> dict[str, float]:
     from streams.commands.sites import load_sites
     from streams.core.sites import latest, mining_capacity_w
 
-    return mining_capacity_w(latest(load_sites(settings)))
+    warn = logging.getLogger("hashatlas.sites").warning
+    return mining_capacity_w(latest(load_sites(settings, warn=warn)))
 
 
 def worker_broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

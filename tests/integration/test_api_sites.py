@@ -97,7 +97,7 @@ async def test_sites_filters(api: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(("params", "name"), [
     ({"region": "XX"}, "region"), ({"region": "US-T_X"}, "region"),
     ({"status": "dreaming"}, "status"), ({"operator": "Nobody Mining"}, "operator"),
-    ({"format": "xml"}, "format"), ({"at": "2024-13-01"}, "at"),
+    ({"format": "xml"}, "format"), ({"at": "2024-13-01"}, "at"), ({"at": "0.0"}, "at"),
 ])
 async def test_sites_bad_parameters_are_named_problems(api: httpx.AsyncClient,
                                                         params: dict[str, str],
