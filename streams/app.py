@@ -297,7 +297,17 @@ def estimation_config(settings: Settings) -> EstimationConfig:
         prices_usd_kwh=prices,
         method=method,
         suspect_regions=settings.suspect_regions,
+        site_capacity_w=site_capacity_w(settings),
     )
+
+
+def site_capacity_w(settings: Settings) -> dict[str, float]:
+    """Energised mining capacity per region of the site registry (each site's latest row)."""
+    from streams.commands.sites import load_sites
+    from streams.core.sites import latest, mining_capacity_w
+
+    warn = logging.getLogger("hashatlas.sites").warning
+    return mining_capacity_w(latest(load_sites(settings, warn=warn)))
 
 
 def worker_broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

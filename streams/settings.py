@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -104,6 +105,11 @@ class Settings(BaseSettings):
     electricity_prices_file: Path | None = None
     hardware_file: Path | None = None
     suspect_regions: dict[str, str | None] = Field(default_factory=dict)
+    #: A mining-site registry of your own (CSV or GeoJSON); ``sites_mode`` says whether it
+    #: extends the shipped streams/data/sites.csv (same operator, site and as_of: yours wins)
+    #: or replaces it.
+    sites_file: Path | None = None
+    sites_mode: Literal["extend", "replace"] = "extend"
 
     state_dir: Path = PROJECT_ROOT / ".stack"
     kafka_version: str = "4.1.1"
