@@ -73,7 +73,8 @@ class CheckpointedInput(Generic[S]):
     """One input topic's per-partition states, their changelog table and the ack discipline."""
 
     def __init__(self, app: faust.App, settings: Settings, topic: str, partitions: int,
-                 restore: Callable[[bytes | None], S], apply: Callable[[S, bytes | None], object]):
+                 restore: Callable[[bytes | None], S],
+                 apply: Callable[[S, bytes | None, float | None], object]):
         self.app = app
         self.settings = settings
         self.topic_name = topic
@@ -206,7 +207,7 @@ class CheckpointedInput(Generic[S]):
                 reread.add(partition)
                 continue
             try:
-                outcome = self.apply(state, message.value)
+                outcome = self.apply(state, message.value, message.timestamp)
                 if outcome is ShareOutcome.CREDITED:
                     credited += 1
                 elif isinstance(outcome, ShareOutcome):
@@ -375,6 +376,8 @@ def create_app(settings: Settings) -> faust.App:
         # A killed worker's partitions move after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        consumer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
+        producer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
     )
     keys = RedisKeys(settings.redis_prefix)
     redis = aioredis.Redis.from_url(settings.redis_url)

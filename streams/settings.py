@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     #: ``other`` until the next flush, so a label flood cannot exhaust its memory.
     max_compactor_keys: int = Field(default=100_000, ge=1)
     checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
+    #: How often Kafka clients refresh topic metadata: a topic or partition created after a
+    #: worker joined is read within this long (aiokafka's default is 5 minutes).
+    metadata_max_age_s: float = Field(default=5.0, gt=0.0)
     # A worker assigned partitions whose changelog recovery has not finished after this long
     # stops (see streams.app crash_if_recovery_stalls); run workers under a supervisor.
     recovery_stall_s: float = Field(default=90.0, gt=0.0)
