@@ -38,6 +38,7 @@ from streams.metrics import (
     OFFSET_REREADS,
     SHARE_BATCHES_APPLIED,
 )
+from streams.outbox import Outbox
 from streams.pipeline_state import (
     Admission,
     ChainPartition,
@@ -515,10 +516,10 @@ def create_app(settings: Settings) -> faust.App:
                 time.time() - state.max_event_ts)
         await pipe.execute()
 
-    publisher = SnapshotPublisher(
-        settings, estimation_config(settings), redis,
-        lambda topic, body: app.producer.send(topic, None, body, None, None, None),
-    )
+    outbox = Outbox(lambda topic, body: app.producer.send(topic, None, body, None, None, None),
+                    capacity=settings.leader_outbox_capacity,
+                    latest_only=[settings.topics.estimates])
+    publisher = SnapshotPublisher(settings, estimation_config(settings), redis, outbox.send)
 
     @app.timer(interval=settings.snapshot_interval_s, on_leader=True)
     async def publish_snapshot() -> None:

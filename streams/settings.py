@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     recovery_stall_s: float = Field(default=90.0, gt=0.0)
     settle_s: float = Field(default=2.0, ge=0.0)
     snapshot_interval_s: float = Field(default=0.5, gt=0.0)
+    #: History steps and alerts the snapshot leader holds while Kafka does not take them
+    #: (beyond, the oldest is dropped and counted); estimates keep only the newest.
+    leader_outbox_capacity: int = Field(default=10_000, ge=1)
     stale_after_s: float = Field(default=30.0, gt=0.0)
     history_step_s: float = Field(default=60.0, gt=0.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
