@@ -633,7 +633,7 @@ class BestChain:
             return ordered
         if n < 0:
             raise ValueError("n must not be negative")
-        return ordered[len(ordered) - n :] if n else []
+        return ordered[max(0, len(ordered) - n) :] if n else []
 
     def heights(self, n: int | None = None) -> npt.NDArray[np.int64]:
         return np.array([b.height for b in self.blocks(n)], dtype=np.int64)

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import Any
+from statistics import NormalDist
+from typing import Any, Protocol
 
 from streams.core.intervals import poisson_interval, regularized_gamma_pq
 
@@ -40,6 +41,7 @@ Z95 = 1.959963984540054
 WINDOWS = (144, 1008, 2016)
 STATE_VERSION = 1
 ALERT_TYPE = "pool_divergence"
+_STANDARD_NORMAL = NormalDist()
 
 #: Prior confidence that a block's pool is right, by the evidence found. A payout address is
 #: hard to fake (the coins go there), a tag is free text anyone may copy, agreement of both is
@@ -87,15 +89,27 @@ def regularized_beta(x: float, a: float, b: float) -> float:
 
 
 def beta_quantile(p: float, a: float, b: float) -> float:
-    """x with I_x(a, b) = p, by bisection (monotone, 60 halvings reach double precision)."""
+    """x with I_x(a, b) = p: Newton's method inside a shrinking bracket (bisection when a step
+    leaves it), started at the normal approximation; a handful of steps reach 1e-13."""
     lo, hi = 0.0, 1.0
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
-        if regularized_beta(mid, a, b) < p:
-            lo = mid
+    mean = a / (a + b)
+    sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
+    x = min(max(mean + _STANDARD_NORMAL.inv_cdf(p) * sd, 1e-12), 1.0 - 1e-12)
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    for _ in range(200):
+        f = regularized_beta(x, a, b) - p
+        if f < 0.0:
+            lo = x
         else:
-            hi = mid
-    return 0.5 * (lo + hi)
+            hi = x
+        density = math.exp(log_norm + (a - 1.0) * math.log(x) + (b - 1.0) * math.log1p(-x))
+        candidate = x - f / density if density > 0.0 else math.nan
+        if not lo < candidate < hi:
+            candidate = 0.5 * (lo + hi)
+        if abs(candidate - x) <= 1e-13 * max(x, 1e-300) or hi - lo <= 1e-15:
+            return candidate
+        x = candidate
+    return x
 
 
 @lru_cache(maxsize=16384)
@@ -319,9 +333,9 @@ class DivergenceParams:
     min_covered_blocks: int = 36
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            if not getattr(self, field.name) >= 0:
-                raise ValueError(f"{field.name} must be >= 0")
+        for item in fields(self):
+            if not getattr(self, item.name) >= 0:
+                raise ValueError(f"{item.name} must be >= 0")
         if self.fire_p >= self.resolve_p:
             raise ValueError("fire_p must be below resolve_p (hysteresis)")
 
@@ -506,3 +520,208 @@ def hashprice_summary(
         "fpps_usd_ph_day": usd_ph_day(fpps, btc_usd) if btc_usd is not None else None,
         "pps_sats_th_day": hashprice_sats_th_day(subsidy_next_sat, difficulty),
     }
+
+
+# ---- the snapshot's pools section --------------------------------------------------------------
+
+#: Share windows tried for a pool's current rate, best first: the one nearest a block interval.
+RATE_WINDOWS_S = (900.0, 600.0, 3600.0, 300.0)
+#: A block is credited with the current rates when its header time is this recent (header times
+#: may lag the real arrival by minutes; consensus allows two hours).
+RATE_MAX_AGE_S = 7200.0
+
+
+class _Totals(Protocol):
+    @property
+    def hashrate_hs(self) -> float: ...
+
+
+@dataclass
+class PoolMemory:
+    """What the leader carries between snapshots for the pools: the ledger, the detector and the
+    alerts not yet published."""
+
+    ledger: LuckLedger = field(default_factory=LuckLedger)
+    detector: DivergenceDetector = field(default_factory=DivergenceDetector)
+    pending_alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def drain_alerts(self) -> list[dict[str, Any]]:
+        alerts, self.pending_alerts = self.pending_alerts, []
+        return alerts
+
+    def to_state(self) -> dict[str, Any]:
+        return {"ledger": self.ledger.to_state(), "detector": self.detector.to_state()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> PoolMemory:
+        return cls(LuckLedger.from_state(state["ledger"]),
+                   DivergenceDetector.from_state(state["detector"]))
+
+
+def sampled_pool_rates(
+    windows: Mapping[float, Mapping[tuple[str, str], _Totals]],
+) -> tuple[dict[str, float], float | None]:
+    """Each sampled pool's share-measured hashrate (summed over regions) and the window used."""
+    for window in (*RATE_WINDOWS_S, *sorted(windows)):
+        totals = windows.get(window)
+        if totals:
+            rates: dict[str, float] = {}
+            for (pool, _), t in totals.items():
+                rates[pool] = rates.get(pool, 0.0) + t.hashrate_hs
+            return rates, window
+    return {}, None
+
+
+def _pair(values: tuple[float, float] | None) -> list[float] | None:
+    return None if values is None else [values[0], values[1]]
+
+
+def pools_section(
+    as_of: float,
+    windows: Mapping[float, Mapping[tuple[str, str], _Totals]],
+    chain: Mapping[str, Any],
+    network_hs: float | None,
+    network_ci95_hs: tuple[float, float] | None,
+    btc_usd: float | None,
+    memory: PoolMemory,
+    groups: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The snapshot's ``pools`` section; records new blocks in the ledger and judges divergence.
+
+    ``chain`` is the chain summary (``ChainPartition.summary``): per block of the coverage
+    window its pool, work, height, time, difficulty, attribution and reward."""
+    rates, rate_window = sampled_pool_rates(windows)
+    pools: list[str] = list(chain.get("coverage_pools") or [])
+    works: list[float] = [float(w) for w in chain.get("coverage_works") or []]
+    heights: list[int] = [int(h) for h in chain.get("coverage_heights") or []]
+    section: dict[str, Any] = {
+        "windows": list(WINDOWS),
+        "tip_height": chain.get("tip_height"),
+        "rate_window_s": rate_window,
+        "pools": [],
+        "diverging": [],
+        "attribution": None,
+        "hashprice": {"blocks": 0},
+        "groups": dict(groups or {}),
+    }
+    if not pools or len(heights) != len(pools):
+        return section
+    times = [float(t) for t in chain["coverage_times"]]
+    difficulties = [float(d) for d in chain["coverage_difficulties"]]
+    recorded = memory.ledger.record(heights, times, difficulties, rates, as_of, RATE_MAX_AGE_S)
+    lucks = {n: memory.ledger.luck(heights, pools, n) for n in WINDOWS}
+    if recorded:
+        by_pool: dict[str, dict[int, Luck]] = {}
+        for n, rows in lucks.items():
+            for pool, luck in rows.items():
+                by_pool.setdefault(pool, {})[n] = luck
+        memory.pending_alerts.extend(memory.detector.update(as_of, by_pool, rates))
+    names = dict(chain.get("pool_names") or {})
+    hashrates = {n: pool_hashrates_from_blocks(pools, works, n, network_hs, network_ci95_hs)
+                 for n in WINDOWS}
+    longest = hashrates[max(WINDOWS)]
+    slugs = sorted(set(longest) | set(rates),
+                   key=lambda p: (-(longest[p].work_share if p in longest else 0.0), p))
+    min_covered = memory.detector.params.min_covered_blocks
+    for slug in slugs:
+        active = memory.detector.active.get(slug)
+        entry = {
+            "pool": slug,
+            "name": names.get(slug, slug),
+            "group": (groups or {}).get(slug),
+            "sampled": slug in rates,
+            "sample_hashrate_hs": rates.get(slug),
+            "hashrate": {str(n): _block_hashrate_json(hashrates[n].get(slug), n) for n in WINDOWS},
+            "luck": ({str(n): _luck_json(lucks[n].get(slug)) for n in WINDOWS}
+                     if slug in rates or any(slug in lucks[n] for n in WINDOWS) else None),
+            "validation": _validation(slug, rates, lucks, active, min_covered),
+        }
+        section["pools"].append(entry)
+        if active is not None:
+            section["diverging"].append(active)
+    details = list(chain.get("coverage_details") or ["unknown"] * len(pools))
+    conflicts = list(chain.get("coverage_conflicts") or [None] * len(pools))
+    section["attribution"] = attribution_quality(details, works, pools, conflicts)
+    subsidies = list(chain.get("coverage_subsidies") or [])[-144:]
+    fees = list(chain.get("coverage_fees") or [])[-144:]
+    if subsidies and len(subsidies) == len(fees):
+        from streams.core.blocks import block_subsidy_sat
+
+        section["hashprice"] = hashprice_summary(
+            subsidies, fees, block_subsidy_sat(heights[-1] + 1), difficulties[-1], btc_usd)
+    if groups:
+        grouped: dict[str, float] = {}
+        for slug, row in hashrates[max(WINDOWS)].items():
+            parent = groups.get(slug, slug)
+            grouped[parent] = grouped.get(parent, 0.0) + row.work_share
+        section["group_work_share"] = grouped
+    return section
+
+
+def _block_hashrate_json(row: PoolBlockHashrate | None, n: int) -> dict[str, Any]:
+    if row is None:
+        return {"blocks": 0, "window_blocks": n, "work_share": 0.0, "work_share_ci95": None,
+                "hashrate_hs": None, "hashrate_ci95_hs": None}
+    return {"blocks": row.blocks, "window_blocks": row.window_blocks,
+            "work_share": row.work_share, "work_share_ci95": _pair(row.work_share_ci95),
+            "hashrate_hs": row.hashrate_hs, "hashrate_ci95_hs": _pair(row.hashrate_ci95_hs)}
+
+
+def _luck_json(luck: Luck | None) -> dict[str, Any] | None:
+    return None if luck is None else {
+        "covered_blocks": luck.covered_blocks, "blocks_found": luck.blocks_found,
+        "expected_blocks": luck.expected_blocks, "luck": luck.luck,
+        "luck_ci95": _pair(luck.luck_ci95), "p_value": luck.p_value}
+
+
+def _validation(slug: str, rates: Mapping[str, float], lucks: Mapping[int, Mapping[str, Luck]],
+                active: Mapping[str, Any] | None, min_covered: int) -> dict[str, Any]:
+    if active is not None:
+        return {"status": "diverging", "evidence": dict(active)}
+    if slug not in rates:
+        return {"status": "not_sampled", "evidence": None}
+    covered = max((lucks[n][slug].covered_blocks for n in WINDOWS if slug in lucks[n]),
+                  default=0)
+    if covered < min_covered:
+        return {"status": "insufficient_blocks", "evidence": {"covered_blocks": covered}}
+    return {"status": "consistent", "evidence": None}
+
+
+# ---- bounded series: history and metrics -------------------------------------------------------
+
+#: Pools named in metrics and history; the rest are summed as `other` (bounded label sets).
+TOP_POOLS = 10
+OTHER_POOLS = "other"
+
+
+def top_pools(section: Mapping[str, Any], n: int = TOP_POOLS) -> list[str]:
+    """The n largest pools by their share of the longest window, then sampled pools (up to n)."""
+    entries = [e for e in section.get("pools") or [] if e.get("pool") != "unknown"]
+    largest = [str(e["pool"]) for e in entries[:n]]
+    sampled = [str(e["pool"]) for e in entries if e.get("sampled") and e["pool"] not in largest]
+    return largest + sampled[:n]
+
+
+def pool_history_points(section: Mapping[str, Any], t: float) -> dict[str, dict[str, Any]]:
+    """One history point per named pool (series ``pool:<slug>``) at time t."""
+    named = set(top_pools(section))
+    points = {}
+    for entry in section.get("pools") or []:
+        if entry["pool"] not in named:
+            continue
+        day = entry["hashrate"]["144"]
+        fortnight = entry["hashrate"]["2016"]
+        luck = entry.get("luck") or {}
+        points[f"pool:{entry['pool']}"] = {
+            "t": t,
+            "hashrate_hs": day["hashrate_hs"],
+            "hashrate_lower_hs": (day["hashrate_ci95_hs"] or [None, None])[0],
+            "hashrate_upper_hs": (day["hashrate_ci95_hs"] or [None, None])[1],
+            "work_share": day["work_share"],
+            "hashrate_2016_hs": fortnight["hashrate_hs"],
+            "sample_hashrate_hs": entry.get("sample_hashrate_hs"),
+            "luck_144": (luck.get("144") or {}).get("luck"),
+            "luck_2016": (luck.get("2016") or {}).get("luck"),
+            "status": entry["validation"]["status"],
+        }
+    return points

@@ -34,6 +34,7 @@ from streams.core.network import (
     coverage_from_blocks,
     nowcast_network_hashrate,
 )
+from streams.core.pools import PoolMemory, pools_section
 from streams.core.regions import (
     RegionShare,
     Weighting,
@@ -168,6 +169,7 @@ class SnapshotMemory:
 
     threshold_j_gh: float | None = None
     threshold_at: float | None = None
+    pools: PoolMemory = field(default_factory=PoolMemory)
 
     def smoothed_threshold(self, value: float, at: float) -> float:
         if self.threshold_j_gh is None or self.threshold_at is None or at <= self.threshold_at:
@@ -355,6 +357,9 @@ def build_snapshot(
         },
         "regions": entries(countries),
         "subdivisions": entries(subdivisions),
+        "pools": pools_section(sample.as_of, sample.windows, chain,
+                               network.hashrate_hs if network else None,
+                               network.ci95_hs if network else None, btc_usd, memory.pools),
     }
 
 

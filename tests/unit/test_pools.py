@@ -254,3 +254,97 @@ def test_attribution_quality_and_groups() -> None:
                                                             "link"}
     assert pool_groups(shipped) == {}
     assert pool_groups([{"name": "Some Proxy", "parent": "AntPool"}]) == {"some-proxy": "antpool"}
+
+
+# ---- the snapshot's pools section --------------------------------------------------------------
+
+
+def test_snapshot_pools_section_flags_a_half_seen_pool() -> None:
+    from streams.core.blocks import BestChain, BlockFacts
+    from streams.core.electricity import load_hardware
+    from streams.core.pools import pool_history_points, top_pools
+    from streams.core.snapshot import (
+        EstimationConfig,
+        MergedSample,
+        SampleTotals,
+        SnapshotMemory,
+        build_snapshot,
+    )
+    from streams.pipeline_state import ChainPartition
+
+    network_hs = 200e18
+    difficulty = network_hs * 600 / 2**32
+    t0 = 1_795_000_000.0
+    pattern = ["foundry-usa"] * 3 + ["antpool"] * 2 + ["f2pool"] * 3 + ["unknown"] * 2
+    chain = BestChain()
+    state = ChainPartition(chain=chain, pools=None)  # type: ignore[arg-type]
+
+    def add(i: int) -> None:
+        pool = pattern[i % 10]
+        chain.add(BlockFacts(
+            height=840_000 + i, hash=f"{i:064x}", prev_hash=f"{i - 1:064x}" if i else None,
+            time=t0 + i * 600.0, bits="17034219", pool=pool, pool_slug=pool,
+            attribution="feed", difficulty=difficulty, work=round(difficulty * 2**32),
+            subsidy_sat=312_500_000, fees_sat=0, coinbase_value_sat=312_500_000,
+            attribution_detail="address"))
+
+    def totals(hashrate: float) -> SampleTotals:
+        dsum = hashrate * 900 / 2**32
+        return SampleTotals(dsum / 2**20, dsum, dsum * 2**20, 900, 2**20)
+
+    # The proxy sees half of Foundry (15 % of the network of its 30 %); AntPool fully.
+    windows = {("foundry-usa", "US"): totals(0.15 * network_hs),
+               ("antpool", "CN"): totals(0.2 * network_hs)}
+    config = EstimationConfig(headline_window_s=900, hardware=load_hardware(
+        Path(__file__).resolve().parents[2] / "streams" / "data" / "hardware.csv"))
+    memory = SnapshotMemory()
+    fired_at = None
+    for i in range(1500):
+        add(i)
+        if i < 1000 and i % 100:
+            continue  # the ledger starts at the first snapshot; before, only build the chain
+        sample = MergedSample(as_of=t0 + i * 600.0 + 1, max_event_ts=t0 + i * 600.0 + 1,
+                              windows={900.0: windows})
+        snapshot = build_snapshot(sample, state.summary(2016), 50_000.0, config, memory,
+                                  published_at=sample.as_of, stale=False)
+        alerts = memory.pools.drain_alerts()
+        if alerts and fired_at is None:
+            fired_at = i
+            assert alerts[0]["pool"] == "foundry-usa" and alerts[0]["luck"] > 1.5
+    assert fired_at is not None and fired_at - 1000 < 300
+    section = snapshot["pools"]
+    by_pool = {entry["pool"]: entry for entry in section["pools"]}
+    assert [e["pool"] for e in section["pools"]][:2] == ["f2pool", "foundry-usa"]
+    foundry = by_pool["foundry-usa"]
+    assert foundry["hashrate"]["2016"]["work_share"] == pytest.approx(0.3, abs=0.002)
+    assert foundry["hashrate"]["144"]["hashrate_hs"] == pytest.approx(
+        foundry["hashrate"]["144"]["work_share"] * snapshot["network"]["hashrate_hs"])
+    assert foundry["validation"]["status"] == "diverging"
+    assert foundry["luck"]["144"]["luck"] == pytest.approx(2.0, rel=0.05)
+    assert by_pool["antpool"]["validation"]["status"] == "consistent"
+    assert by_pool["antpool"]["luck"]["1008"]["luck"] == pytest.approx(1.0, rel=0.05)
+    assert by_pool["f2pool"]["validation"]["status"] == "not_sampled"
+    assert section["diverging"][0]["pool"] == "foundry-usa"
+    assert section["attribution"]["unknown_work_share"] == pytest.approx(0.2, abs=0.002)
+    # 3.125 BTC at the difficulty of 200 EH/s: 312.5e6 sat · 144 / 2e8 TH/s = 225 sat/TH/day,
+    # = 112.5 USD/PH/day at 50 000 USD, the network hashprice the snapshot already gives.
+    assert section["hashprice"]["hashprice_sats_th_day"] == pytest.approx(225.0)
+    assert section["hashprice"]["hashprice_usd_ph_day"] == pytest.approx(
+        snapshot["network"]["hashprice_usd_ph_day"])
+    assert "unknown" not in top_pools(section)
+    points = pool_history_points(section, 60.0)
+    assert set(points) == {"pool:f2pool", "pool:foundry-usa", "pool:antpool"}
+    assert points["pool:foundry-usa"]["status"] == "diverging"
+
+
+def test_chain_asked_for_more_blocks_than_it_holds_gives_them_all() -> None:
+    from streams.core.blocks import BestChain, BlockFacts
+
+    chain = BestChain()
+    for i in range(5):
+        chain.add(BlockFacts(height=i, hash=f"{i:064x}", prev_hash=None, time=600.0 * i,
+                             bits="1d00ffff", pool="x", pool_slug="x", attribution="feed",
+                             difficulty=1.0, work=2**32, subsidy_sat=0, fees_sat=0,
+                             coinbase_value_sat=0))
+    # Was blocks[len − n:], a negative start for n > len: the last n − len were returned.
+    assert [b.height for b in chain.blocks(8)] == [0, 1, 2, 3, 4]
