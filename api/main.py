@@ -752,6 +752,9 @@ def create_app(
     app.state.sse_keepalive_s = sse_keepalive_s
     install_problem_handlers(app)
     app.include_router(router)
+    from api.pools import router as pools_router  # imports this module's helpers
+
+    app.include_router(pools_router)
     # add_middleware wraps: the last added is the outermost. Outside in: request metrics,
     # CORS (only if origins are configured), the current-estimate fast path, GZip.
     app.add_middleware(GZipExceptPrecompressed, exempt_paths=frozenset({CURRENT_PATH}))
