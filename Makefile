@@ -18,9 +18,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/hashatlas demo
 
-# Every test, integration tests included, against the real local Kafka and Redis.
+# Every test, integration tests included, against a real Kafka and Redis of their own (free ports,
+# a temporary folder): a running demo or stack is left alone.
 test: install
-	$(BIN)/hashatlas stack up
+	$(BIN)/hashatlas stack install --prometheus
 	$(BIN)/ruff check streams api tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q

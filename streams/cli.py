@@ -24,7 +24,9 @@ def _stack(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     try:
-        if args.action == "up":
+        if args.action == "install":
+            localstack.stack_install(settings, with_prometheus=args.prometheus)
+        elif args.action == "up":
             localstack.stack_up(settings, with_prometheus=args.prometheus)
         elif args.action == "down":
             localstack.stack_down(settings)
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="run the local Kafka + Redis stack")
-    stack.add_argument("action", choices=["up", "down", "status", "topics"])
+    stack.add_argument("action", choices=["install", "up", "down", "status", "topics"],
+                       help="install: fetch Kafka and Debian's Redis (the tests start their own)")
     stack.add_argument("--prometheus", action="store_true", help="also install Prometheus")
     stack.set_defaults(func=_stack)
 

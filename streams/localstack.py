@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import os
 import shutil
 import signal
@@ -105,6 +106,8 @@ def ensure_debian_tools(need_prometheus: bool) -> None:
     missing = [] if shutil.which("redis-server") else ["redis-server"]
     if need_prometheus and not shutil.which("prometheus"):
         missing.append("prometheus")
+    if need_prometheus and not shutil.which("amtool"):
+        missing.append("prometheus-alertmanager")
     if missing:
         apt_install(missing)
 
@@ -114,11 +117,24 @@ def kafka_libs(settings: Settings) -> Path:
 
 
 def ensure_kafka(settings: Settings) -> Path:
-    """Fetch the Kafka broker jars with Maven once; later calls reuse the cache."""
+    """Fetch the Kafka broker jars with Maven once; later calls reuse the cache.
+
+    A file lock serialises the fetch: a demo and a test session started together share the cache.
+    """
     libs = kafka_libs(settings)
     marker = libs.parent / ".complete"
     if marker.exists():
         return libs
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    with open(libs.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            _fetch_kafka(settings, libs)
+            marker.write_text(settings.kafka_version)
+    return libs
+
+
+def _fetch_kafka(settings: Settings, libs: Path) -> None:
     if shutil.which("java") is None:
         raise StackError("java not found: Kafka needs Java 17 or later (openjdk-17-jre)")
     if shutil.which("mvn") is None:
@@ -134,14 +150,12 @@ def ensure_kafka(settings: Settings) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise StackError(f"Maven could not fetch Kafka:\n{(result.stdout + result.stderr)[-3000:]}")
-    marker.write_text(settings.kafka_version)
-    return libs
 
 
 # ---- starting and stopping -----------------------------------------------------------------------
 
 
-def _ensure_dirs(settings: Settings) -> None:
+def ensure_dirs(settings: Settings) -> None:
     for sub in ("run", "logs", "data"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -368,8 +382,17 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+def stack_install(settings: Settings, with_prometheus: bool = False) -> None:
+    """Install what the stack runs (Debian's Redis, Prometheus if asked, Kafka's jars) without
+    starting anything: the tests start their own private instances from it."""
+    ensure_debian_tools(with_prometheus)
+    ensure_kafka(settings)
+    _log("installed: redis-server" + (", prometheus, amtool" if with_prometheus else "")
+         + f", kafka {settings.kafka_version}")
+
+
 def stack_up(settings: Settings, with_prometheus: bool = False) -> None:
-    _ensure_dirs(settings)
+    ensure_dirs(settings)
     ensure_debian_tools(with_prometheus)
     start_redis(settings)
     start_kafka(settings)

@@ -1,4 +1,6 @@
-"""Shared fixtures: a real Redis server (never a mock) and the test data shipped in tests/data."""
+"""Shared fixtures: the test session's own Kafka and Redis (real, never mocks, on free ports and in
+a temporary folder, so a user's running stack or demo is never touched) and tests/data.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# The user's HASHATLAS_* variables describe the user's stack, not the test session's.
+for _name in [name for name in os.environ if name.startswith("HASHATLAS_")]:
+    del os.environ[_name]
 TEST_DATA = PROJECT_ROOT / "tests" / "data"
 
 
@@ -68,6 +74,19 @@ def redis_url(redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """The local stack's Kafka (started by `hashatlas stack up` or .ci/run)."""
-    return os.environ.get("HASHATLAS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private single-node Kafka (KRaft) on free ports for the whole test session."""
+    from streams import localstack
+    from streams.settings import Settings
+
+    settings = Settings(
+        kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
+        state_dir=tmp_path_factory.mktemp("kafka-stack"),
+    )
+    localstack.ensure_dirs(settings)
+    try:
+        localstack.start_kafka(settings)
+    except localstack.StackError as exc:
+        pytest.fail(f"the test session's Kafka did not start: {exc}")
+    yield settings.kafka_bootstrap
+    localstack.stop_service(localstack.kafka_service(settings), settings)

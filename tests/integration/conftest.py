@@ -1,4 +1,4 @@
-"""Integration fixtures: isolated topic sets and consumer groups on the real local Kafka."""
+"""Integration fixtures: isolated topic sets and consumer groups on the test session's own Kafka."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.localstack import create_topics, port_open
+from streams.localstack import create_topics
 from streams.settings import Partitions, Settings, Topics
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _kafka_running(kafka_bootstrap: str) -> None:
-    host, _, port = kafka_bootstrap.rpartition(":")
-    if not port_open(host, int(port)):
-        pytest.fail(f"Kafka is not running at {kafka_bootstrap}: run `hashatlas stack up` first")
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ from streams.core.network import (
     nowcast_network_hashrate,
 )
 
-COINMETRICS_CSV = Path(__file__).resolve().parents[1] / "data" / "cbeci" / "coinmetrics_btc_daily.csv"
+COINMETRICS_CSV = Path(__file__).resolve().parents[1] / "data/cbeci/coinmetrics_btc_daily.csv"
 BENCH_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "nowcast_accuracy.py"
 Z95 = 1.959963984540054
 
