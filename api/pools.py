@@ -115,7 +115,7 @@ def _pool_slug(pool: str) -> str:
     response_model=PoolEntry,
     responses=problem_responses(404, 422, 503),
 )
-async def pool(
+async def pool_entry(
     store: StoreDep,
     settings: SettingsDep,
     pool: Annotated[str, Path(pattern=POOL_PATTERN, examples=["foundry-usa"],

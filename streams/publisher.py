@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from streams.core.pools import ALERT_TYPE as POOL_ALERT_TYPE
 from streams.core.pools import PoolMemory, pool_history_points
 from streams.core.shifts import ShiftDetector
 from streams.core.snapshot import (
@@ -27,7 +28,12 @@ from streams.core.snapshot import (
     merge_partials,
     shares_for_detection,
 )
-from streams.metrics import ALERTS_PUBLISHED, SNAPSHOT_PUBLISH_SECONDS, SNAPSHOTS_PUBLISHED
+from streams.metrics import (
+    ALERTS_PUBLISHED,
+    POOL_DIVERGENCE_ALERTS,
+    SNAPSHOT_PUBLISH_SECONDS,
+    SNAPSHOTS_PUBLISHED,
+)
 from streams.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
@@ -177,7 +183,9 @@ class SnapshotPublisher:
             }))
         for alert in alerts:
             await self.send(self.settings.topics.alerts, orjson.dumps(alert))
-            ALERTS_PUBLISHED.labels(alert["state"]).inc()
+            counter = (POOL_DIVERGENCE_ALERTS if alert.get("type") == POOL_ALERT_TYPE
+                       else ALERTS_PUBLISHED)
+            counter.labels(alert["state"]).inc()
             if self.webhook is not None:
                 self.webhook.offer(alert)
         SNAPSHOTS_PUBLISHED.inc()
