@@ -53,7 +53,12 @@ from api.problems import (
     service_unavailable,
 )
 from api.sse import KEEPALIVE_S, SSE_MEDIA_TYPE, EventStreamResponse, format_event
-from streams.contracts import EstimateSnapshot, RegionalShiftAlert, RegionEntry
+from streams.contracts import (
+    EstimateSnapshot,
+    PoolDivergenceAlert,
+    RegionalShiftAlert,
+    RegionEntry,
+)
 from streams.rediskeys import NETWORK_SERIES
 from streams.settings import Settings, get_settings
 
@@ -163,12 +168,16 @@ class Alert(RegionalShiftAlert):
     updated_at: float | None = None
 
 
+class PoolAlert(PoolDivergenceAlert):
+    updated_at: float | None = None
+
+
 class AlertsResponse(BaseModel):
     """Regional-shift alerts, each once in its latest state, newest state change first."""
 
     model_config = ConfigDict(json_schema_extra={"example": {"alerts": [EXAMPLE_ALERT]}})
 
-    alerts: list[Alert]
+    alerts: list[Alert | PoolAlert]
 
 
 class Health(BaseModel):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from streams.commands.blocks import add_parser
+from streams.contracts import PoolDivergenceAlert
 from streams.core.pools import (
     ALERT_TYPE,
     DivergenceDetector,
@@ -227,6 +228,7 @@ def test_divergence_fires_with_evidence_and_resolves() -> None:
     assert alert["pool"] == "foundry-usa" and alert["direction"] == "blocks_above_shares"
     assert alert["luck"] == 2.0 and alert["block_implied_hashrate_hs"] == pytest.approx(2e20)
     assert alert["likely_causes"][0].startswith("partial_proxy_view")
+    PoolDivergenceAlert.model_validate(alert)
     assert detector.update(1100.0, {"foundry-usa": bad}) == []  # still firing, not repeated
     restored = DivergenceDetector.from_state(json.loads(json.dumps(detector.to_state())))
     assert "foundry-usa" in restored.active
