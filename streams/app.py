@@ -11,6 +11,7 @@ them (regional shares need every pool) and publishes the snapshot.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from redis.exceptions import RedisError
 from streams.contracts import DeadLetter, InvalidEvent
 from streams.core.blocks import load_pool_directory
 from streams.core.electricity import Method, load_electricity_prices, load_hardware
-from streams.core.pools import ATTRIBUTION_CONFIDENCE, hashprice_sats_th_day
+from streams.core.pools import ATTRIBUTION_CONFIDENCE, hashprice_sats_th_day, pool_groups
 from streams.core.shares import ShareOutcome
 from streams.core.snapshot import EstimationConfig
 from streams.kafka import client_options
@@ -298,6 +299,8 @@ def estimation_config(settings: Settings) -> EstimationConfig:
         prices_usd_kwh=prices,
         method=method,
         suspect_regions=settings.suspect_regions,
+        # pools-v2.json names no parent pool today, so this is empty unless a list adds one.
+        pool_groups=pool_groups(json.loads((DATA_DIR / "pools-v2.json").read_text("utf-8"))),
     )
 
 

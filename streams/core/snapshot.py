@@ -134,6 +134,8 @@ class EstimationConfig:
     plausibility_factor: float = 3.0
     #: Blocks needed in the coverage window before pools are judged against them.
     plausibility_min_blocks: int = 144
+    #: Pools that mine for another (slug → parent slug), for the pools section's grouping.
+    pool_groups: Mapping[str, str] = field(default_factory=dict)
 
 
 def implausible_pools(
@@ -359,7 +361,8 @@ def build_snapshot(
         "subdivisions": entries(subdivisions),
         "pools": pools_section(sample.as_of, sample.windows, chain,
                                network.hashrate_hs if network else None,
-                               network.ci95_hs if network else None, btc_usd, memory.pools),
+                               network.ci95_hs if network else None, btc_usd, memory.pools,
+                               config.pool_groups),
     }
 
 

@@ -350,3 +350,17 @@ def test_chain_asked_for_more_blocks_than_it_holds_gives_them_all() -> None:
                              coinbase_value_sat=0))
     # Was blocks[len − n:], a negative start for n > len: the last n − len were returned.
     assert [b.height for b in chain.blocks(8)] == [0, 1, 2, 3, 4]
+
+
+def test_pools_section_groups_proxying_pools_under_their_parent() -> None:
+    from streams.core.pools import PoolMemory, pools_section
+
+    pools = ["antpool", "some-proxy", "f2pool", "antpool"]
+    chain = {"blocks": 4, "tip_height": 103, "coverage_pools": pools,
+             "coverage_works": [1.0] * 4, "coverage_heights": [100, 101, 102, 103],
+             "coverage_times": [0.0, 600.0, 1200.0, 1800.0], "coverage_difficulties": [1.0] * 4}
+    section = pools_section(1800.0, {}, chain, 1e20, (0.9e20, 1.1e20), None, PoolMemory(),
+                            {"some-proxy": "antpool"})
+    assert section["group_work_share"] == {"antpool": 0.75, "f2pool": 0.25}
+    assert {e["pool"]: e["group"] for e in section["pools"]}["some-proxy"] == "antpool"
+    assert section["hashprice"] == {"blocks": 0}  # no reward columns: no hashprice
