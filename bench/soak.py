@@ -66,8 +66,7 @@ from bench.common import (
 )
 from streams.kafka import client_options
 from streams.rediskeys import RedisKeys
-from streams.settings import Settings
-from tests.integration.pipeline_helpers import settings_env
+from streams.settings import Settings, settings_env
 
 TICK_S = 0.1
 API_POLL_S = 0.25

@@ -68,9 +68,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.demo import DemoOptions, run_demo
 
-    return run_demo(get_settings(), args.scenario, args.speed, args.duration)
+    return run_demo(get_settings(), DemoOptions(
+        scenario=args.scenario, backfill_s=args.backfill, step_s=args.step,
+        duration_s=args.duration, shock_region=args.shock))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,9 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="stack + pipeline + API + simulated feed, until Ctrl-C")
     demo.add_argument("--scenario", type=Path, default=PROJECT_ROOT / "scenarios" / "steady.yaml")
-    demo.add_argument("--speed", type=float, default=30.0,
-                      help="simulated seconds per wall-clock second")
-    demo.add_argument("--duration", type=float, default=None, help="simulated seconds to run")
+    demo.add_argument("--backfill", type=float, default=3600.0, metavar="S",
+                      help="seconds of history sent at once before real time (default 3600)")
+    demo.add_argument("--step", type=float, default=3.0, metavar="S",
+                      help="simulator step: the feed is at most this far behind (default 3)")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds to run in real time (default: the scenario's duration)")
+    demo.add_argument("--shock", nargs="?", const="largest", default=None, metavar="REGION",
+                      help="black out REGION (default: the largest) 2 min after the backfill, "
+                      "to see a regional alert")
     demo.set_defaults(func=_demo)
 
     for module in (api_command, blocks_command, cbeci_command, evaluate_command, feeds_command,

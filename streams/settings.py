@@ -5,6 +5,9 @@ Nested values use a double underscore, e.g. ``HASHATLAS_TOPICS__SHARES=shares-v1
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -133,6 +136,27 @@ class Settings(BaseSettings):
     def kafka_host_port(self) -> tuple[str, int]:
         host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
         return host or "127.0.0.1", int(port)
+
+
+def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes a child process read exactly these settings: ``base``
+    (default: this process's environment) without its ``HASHATLAS_*`` variables, plus these."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if not k.startswith("HASHATLAS_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                env[f"HASHATLAS_{name.upper()}__{sub.upper()}"] = (
+                    json.dumps(sub_value) if isinstance(sub_value, dict | list) else str(sub_value)
+                )
+        elif isinstance(value, list):
+            env[f"HASHATLAS_{name.upper()}"] = json.dumps(value)
+        elif value is not None:
+            env[f"HASHATLAS_{name.upper()}"] = str(value)
+    for name, value in settings:  # secrets, which the JSON dump masks
+        if isinstance(value, SecretStr):
+            env[f"HASHATLAS_{name.upper()}"] = value.get_secret_value()
+    return env
 
 
 @lru_cache(maxsize=1)

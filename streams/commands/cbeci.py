@@ -4,6 +4,9 @@ Reproduces CCAF's daily series offline (same inputs, same rules, see `streams.co
 so the live estimates can be checked against a published history. Reads Coin Metrics' daily CSV
 (`time`, `HashRate` in TH/s, `IssTotUSD`, `FeeTotUSD`; other columns ignored) and writes
 `date,power_gw_lower,power_gw_best,power_gw_upper,twh_lower,twh_best,twh_upper`.
+
+`--hardware` takes the project's table or CCAF's own `miners.csv` unchanged; with the latter and
+`--method 1.2.0`, CCAF's published lower and upper bounds are reproduced (see README).
 """
 
 from __future__ import annotations
@@ -95,7 +98,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=Path,
         default=DEFAULT_HARDWARE_FILE,
         metavar="FILE.csv",
-        help="machine list model,released_unix,efficiency_j_gh,source (default: shipped table)",
+        help="machine list: the project's model,released_unix,efficiency_j_gh,source table "
+        "(default: the shipped one) or CCAF's miners.csv as published "
+        "(Miner_name,UNIX_date_of_release,Efficiency_J_Gh,Qty); told apart by the header",
     )
     cbeci.add_argument(
         "--price",

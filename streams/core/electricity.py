@@ -28,8 +28,10 @@ This module is pure computation; ``load_*`` functions only read the file they ar
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,8 @@ OUTPUT_WINDOW_DAYS = 7
 SECONDS_PER_DAY = 86400
 
 HARDWARE_COLUMNS = ("model", "released_unix", "efficiency_j_gh", "source")
+CCAF_MINERS_COLUMNS = ("Miner_name", "UNIX_date_of_release", "Efficiency_J_Gh", "Qty")
+CCAF_MINERS_SOURCE = "CCAF miners.csv"
 UNKNOWN_REGION = "ZZ"
 
 FloatArray = npt.NDArray[np.float64]
@@ -116,35 +120,87 @@ class HardwareTable:
         return len(self.models)
 
 
+@dataclass(frozen=True)
+class _HardwareFormat:
+    """Which header columns hold the model, release instant and efficiency, and where a row's
+    source comes from (a column, or one text for the whole file)."""
+
+    name: str
+    model: str
+    released: str
+    efficiency: str
+    source_column: str | None
+    source_text: str
+    header: tuple[str, ...]
+
+
+HARDWARE_FORMATS = (
+    _HardwareFormat(
+        "hashatlas hardware.csv", "model", "released_unix", "efficiency_j_gh", "source", "",
+        HARDWARE_COLUMNS,
+    ),
+    # CCAF's list as published in CambridgeAltFin/ccaf_cbeci_api, server_config/miners.csv; its
+    # Qty column is not used by the method.
+    _HardwareFormat(
+        "CCAF miners.csv", "Miner_name", "UNIX_date_of_release", "Efficiency_J_Gh", None,
+        CCAF_MINERS_SOURCE, CCAF_MINERS_COLUMNS,
+    ),
+)
+
+
+def _hardware_format(header: list[str]) -> _HardwareFormat:
+    for candidate in HARDWARE_FORMATS:
+        if all(column in header for column in candidate.header):
+            return candidate
+    expected = " or ".join(f"{','.join(f.header)} ({f.name})" for f in HARDWARE_FORMATS)
+    found = ",".join(header) or "(empty)"
+    raise ValueError(f"hardware CSV line 1: unknown header {found!r}; expected {expected}")
+
+
 def parse_hardware_csv(text: str) -> HardwareTable:
-    """Parse ``model,released_unix,efficiency_j_gh,source``; errors name the line and column."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in HARDWARE_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"hardware CSV: missing column(s) {', '.join(missing)} in the header")
+    """Parse the project's ``model,released_unix,efficiency_j_gh,source`` table or CCAF's
+    ``Miner_name,UNIX_date_of_release,Efficiency_J_Gh,Qty`` list, told apart by the header.
+
+    Errors name the line and the column as the file spells it.
+    """
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff")))
+    header = [name.strip() for name in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    fmt = _hardware_format(header)
     machines: list[Machine] = []
     for row in reader:
         line = reader.line_num
-        model = (row["model"] or "").strip()
+        if None in row:
+            raise ValueError(f"hardware CSV line {line}: more fields than the header has columns")
+        model = (row[fmt.model] or "").strip()
         if not model:
-            raise ValueError(f"hardware CSV line {line}: empty model")
-        released = _parse_finite(row["released_unix"], "released_unix", line)
-        efficiency = _parse_finite(row["efficiency_j_gh"], "efficiency_j_gh", line)
+            raise ValueError(f"hardware CSV line {line}: {fmt.model} is empty")
+        released = _parse_finite(row[fmt.released], fmt.released, line)
+        efficiency = _parse_finite(row[fmt.efficiency], fmt.efficiency, line)
         if efficiency <= 0:
-            raise ValueError(f"hardware CSV line {line}: efficiency_j_gh must be > 0")
-        machines.append(Machine(model, released, efficiency, (row["source"] or "").strip()))
+            raise ValueError(f"hardware CSV line {line}: {fmt.efficiency} must be > 0")
+        source = fmt.source_text
+        if fmt.source_column is not None:
+            source = (row[fmt.source_column] or "").strip()
+        machines.append(Machine(model, released, efficiency, source))
     if not machines:
         raise ValueError("hardware CSV has no rows")
     return HardwareTable.from_machines(machines)
 
 
 def load_hardware(path: str | Path) -> HardwareTable:
-    return parse_hardware_csv(Path(path).read_text(encoding="utf-8"))
+    """Read a hardware table (either format); errors carry the path."""
+    try:
+        return parse_hardware_csv(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def _parse_finite(text: str | None, column: str, line: int) -> float:
+    if text is None or not text.strip():
+        raise ValueError(f"hardware CSV line {line}: {column} is empty")
     try:
-        value = float(text or "")
+        value = float(text)
     except ValueError:
         raise ValueError(f"hardware CSV line {line}: {column} is not a number: {text!r}") from None
     if not math.isfinite(value):
@@ -493,8 +549,28 @@ def is_region_code(code: str) -> bool:
     return len(code) == 2 and pycountry.countries.get(alpha_2=code) is not None
 
 
-def parse_electricity_prices(text: str) -> tuple[float, dict[str, float]]:
-    """Parse ``default_usd_kwh`` and ``regions: {CODE: USD/kWh}``; every bad entry is named."""
+@dataclass(frozen=True)
+class RegionPrice:
+    """One region's electricity price with where it comes from (empty for the plain-number form)."""
+
+    usd_kwh: float
+    source: str = ""
+    date: str = ""
+    note: str = ""
+
+
+PRICE_ENTRY_KEYS = ("usd_kwh", "source", "date")
+PRICE_ENTRY_OPTIONAL_KEYS = ("note",)
+_PRICE_DATE = re.compile(r"^\d{4}(?:-(?:0[1-9]|1[0-2])(?:-(?:0[1-9]|[12]\d|3[01]))?)?$")
+
+
+def parse_electricity_price_table(text: str) -> tuple[float, dict[str, RegionPrice]]:
+    """Parse ``default_usd_kwh`` and ``regions``; every bad entry is named.
+
+    A region holds either a mapping ``{usd_kwh: 0.08, source: "...", date: "2025-09"}`` (``note``
+    optional) or, as older files do, a plain number of USD/kWh. ``date`` is the period the price
+    describes: ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``.
+    """
     try:
         document = yaml.load(text, Loader=_NoBoolLoader)
     except yaml.YAMLError as exc:
@@ -511,9 +587,9 @@ def parse_electricity_prices(text: str) -> tuple[float, dict[str, float]]:
         document.get("default_usd_kwh", REFERENCE_PRICE_USD_KWH), "default_usd_kwh", errors
     )
     regions_raw = document.get("regions") or {}
-    regions: dict[str, float] = {}
+    regions: dict[str, RegionPrice] = {}
     if not isinstance(regions_raw, dict):
-        errors.append("regions must be a mapping of region code to USD/kWh")
+        errors.append("regions must be a mapping of region code to a price entry")
         regions_raw = {}
     for key, value in cast(dict[Any, Any], regions_raw).items():
         if not isinstance(key, str) or not is_region_code(key):
@@ -522,12 +598,26 @@ def parse_electricity_prices(text: str) -> tuple[float, dict[str, float]]:
                 "such as US-TX, or ZZ; upper case)"
             )
             continue
-        price = _price_or_error(value, f"regions.{key}", errors)
-        if price is not None:
-            regions[key] = price
+        entry = _region_price_or_error(value, f"regions.{key}", errors)
+        if entry is not None:
+            regions[key] = entry
     if errors or default is None:
         raise ValueError("electricity prices: " + "; ".join(errors))
     return default, regions
+
+
+def parse_electricity_prices(text: str) -> tuple[float, dict[str, float]]:
+    """The default price and each region's USD/kWh (sources dropped), as the pipeline uses them."""
+    default, regions = parse_electricity_price_table(text)
+    return default, {code: entry.usd_kwh for code, entry in regions.items()}
+
+
+def load_electricity_price_table(path: str | Path) -> tuple[float, dict[str, RegionPrice]]:
+    """Read a prices file with its sources; errors carry the path."""
+    try:
+        return parse_electricity_price_table(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def load_electricity_prices(path: str | Path) -> tuple[float, dict[str, float]]:
@@ -536,6 +626,45 @@ def load_electricity_prices(path: str | Path) -> tuple[float, dict[str, float]]:
         return parse_electricity_prices(Path(path).read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def _region_price_or_error(value: object, name: str, errors: list[str]) -> RegionPrice | None:
+    if not isinstance(value, dict):
+        price = _price_or_error(value, name, errors)
+        return None if price is None else RegionPrice(price)
+    entry = cast(dict[Any, Any], value)
+    problems: list[str] = []
+    allowed = PRICE_ENTRY_KEYS + PRICE_ENTRY_OPTIONAL_KEYS
+    extra = sorted(str(k) for k in entry if k not in allowed)
+    if extra:
+        problems.append(
+            f"{name}: unknown key(s) {', '.join(extra)} (expected {', '.join(PRICE_ENTRY_KEYS)}, "
+            f"optional {', '.join(PRICE_ENTRY_OPTIONAL_KEYS)})"
+        )
+    missing = [k for k in PRICE_ENTRY_KEYS if k not in entry]
+    if missing:
+        problems.append(f"{name}: missing {', '.join(missing)}")
+    price = None
+    if "usd_kwh" in entry:
+        price = _price_or_error(entry["usd_kwh"], f"{name}.usd_kwh", problems)
+    texts: dict[str, str] = {}
+    for key in ("source", "note"):
+        text = entry.get(key, "")
+        if not isinstance(text, str) or (key == "source" and key in entry and not text.strip()):
+            problems.append(f"{name}.{key}: must be a non-empty text")
+        else:
+            texts[key] = text.strip()
+    date_text = ""
+    if "date" in entry:
+        raw = entry["date"]
+        # YAML reads 2025-09-30 as a date and 2025 as a number.
+        date_text = raw.isoformat() if isinstance(raw, datetime.date) else str(raw).strip()
+        if isinstance(raw, bool | float) or not _PRICE_DATE.match(date_text):
+            problems.append(f"{name}.date: {raw!r} is not YYYY, YYYY-MM or YYYY-MM-DD")
+    errors.extend(problems)
+    if problems or price is None:
+        return None
+    return RegionPrice(price, texts["source"], date_text, texts.get("note", ""))
 
 
 def _price_or_error(value: object, name: str, errors: list[str]) -> float | None:

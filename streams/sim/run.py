@@ -4,8 +4,10 @@ The thin edge around :class:`streams.sim.model.Simulator`. Shares (``share``, ``
 to the shares topic keyed by pool id, blocks to the blocks topic keyed by height, prices to the
 market topic. Events carry simulated timestamps that start at ``start`` (default: now); with
 ``speed`` X one wall-clock second covers X simulated seconds, ``speed=None`` runs as fast as the
-producer takes them. At most ``max_in_flight`` sends are unacknowledged at any time, so a slow
-broker slows the simulator instead of filling memory.
+producer takes them, and ``live`` sends each step when the wall clock reaches its end (a start in
+the past is backfilled as fast as the producer takes it, then the run follows the clock). At
+most ``max_in_flight`` sends are unacknowledged at any time, so a slow broker slows the simulator
+instead of filling memory.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import IO, Any
 import orjson
 
 from streams.settings import Settings, Topics
+from streams.sim.live import live_plan
 from streams.sim.model import Simulator, StepOutput
 from streams.sim.scenario import Scenario
 
@@ -62,17 +65,22 @@ class RunSummary:
 
 
 class _Pacer:
-    """Sleeps so that simulated time advances ``speed`` times faster than the wall clock."""
+    """Sleeps so that simulated time advances ``speed`` times faster than the wall clock, or,
+    ``live``, until the wall clock reaches the simulated time."""
 
-    def __init__(self, sim_start: float, speed: float | None) -> None:
+    def __init__(self, sim_start: float, speed: float | None, live: bool = False) -> None:
         self.sim_start = sim_start
         self.speed = speed
+        self.live = live
         self.wall_start = time.monotonic()
 
     async def wait_until(self, sim_t: float) -> None:
-        if self.speed is None:
+        if self.live:
+            delay = sim_t - time.time()
+        elif self.speed is None:
             return
-        delay = self.wall_start + (sim_t - self.sim_start) / self.speed - time.monotonic()
+        else:
+            delay = self.wall_start + (sim_t - self.sim_start) / self.speed - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -83,7 +91,7 @@ Send = Callable[[str, bytes, bytes | None], Awaitable[asyncio.Future[Any] | None
 async def drive(steps: Iterator[StepOutput], send: Send, *, topics: Topics,
                 truth_out: IO[bytes] | None, header: dict[str, Any] | None,
                 speed: float | None, stop: asyncio.Event,
-                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> RunSummary:
+                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, live: bool = False) -> RunSummary:
     """Send every step's events in order (paced), write truth, bound unacknowledged sends."""
     summary = RunSummary()
     pending: deque[asyncio.Future[Any]] = deque()
@@ -94,7 +102,7 @@ async def drive(steps: Iterator[StepOutput], send: Send, *, topics: Topics,
         truth_out.write(orjson.dumps(header) + b"\n")
     for output in steps:
         if pacer is None:
-            pacer = _Pacer(output.t, speed)
+            pacer = _Pacer(output.t, speed, live)
         if stop.is_set():
             summary.stopped_early = True
             break
@@ -148,8 +156,9 @@ async def run_to_file(simulator: Simulator, duration_s: float, events_path: Path
 
 async def run_to_kafka(simulator: Simulator, duration_s: float, settings: Settings,
                        truth_path: Path | None, speed: float | None,
-                       max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> RunSummary:
-    """Produce the events to Kafka with aiokafka (acks=all), paced by ``speed``."""
+                       max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                       live: bool = False) -> RunSummary:
+    """Produce the events to Kafka with aiokafka (acks=all), paced by ``speed`` or ``live``."""
     from aiokafka import AIOKafkaProducer
 
     from streams.kafka import client_options
@@ -169,7 +178,8 @@ async def run_to_kafka(simulator: Simulator, duration_s: float, settings: Settin
 
             return await drive(simulator.steps(duration_s), send, topics=settings.topics,
                                truth_out=truth_out, header=simulator.header(duration_s),
-                               speed=speed, stop=stop, max_in_flight=max_in_flight)
+                               speed=speed, stop=stop, max_in_flight=max_in_flight,
+                               live=live)
     finally:
         await producer.stop()
 
@@ -177,14 +187,20 @@ async def run_to_kafka(simulator: Simulator, duration_s: float, settings: Settin
 def run_simulation(scenario: Scenario, settings: Settings, *, start_ts: float | None = None,
                    duration_s: float | None = None, speed: float | None = 1.0,
                    seed: int | None = None, single_share_fraction: float | None = None,
-                   truth_path: Path | None = None, dry_run: Path | None = None) -> RunSummary:
+                   truth_path: Path | None = None, dry_run: Path | None = None,
+                   live_backfill_s: float | None = None) -> RunSummary:
     """Run a scenario to Kafka or, with ``dry_run``, to a file; returns what was sent.
 
     Without ``start_ts``, a run faster than real time starts in the past so that it ends at
     the wall clock: its events are never further ahead of it than the pipeline accepts
-    (``max_future_skew_s``)."""
+    (``max_future_skew_s``). With ``live_backfill_s``, the run starts that long ago, catches up
+    at once and then follows the wall clock for the scenario's duration (or ``duration_s``)."""
     duration = scenario.duration if duration_s is None else duration_s
-    if start_ts is None:
+    live = live_backfill_s is not None and dry_run is None
+    if live_backfill_s is not None:
+        plan = live_plan(scenario, time.time(), live_backfill_s, duration_s)
+        start_ts, duration = plan.start_ts, plan.duration_s
+    elif start_ts is None:
         ahead_s = duration if speed is None else duration * max(0.0, 1.0 - 1.0 / speed)
         start_ts = time.time() - ahead_s
     simulator = Simulator(
@@ -193,4 +209,4 @@ def run_simulation(scenario: Scenario, settings: Settings, *, start_ts: float | 
     )
     if dry_run is not None:
         return asyncio.run(run_to_file(simulator, duration, dry_run, truth_path, settings.topics))
-    return asyncio.run(run_to_kafka(simulator, duration, settings, truth_path, speed))
+    return asyncio.run(run_to_kafka(simulator, duration, settings, truth_path, speed, live=live))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -19,34 +18,13 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import SecretStr
 
 from streams.core.regions import country_of
 from streams.core.shares import ShareWindows
 from streams.kafka import client_options
 from streams.pipeline_state import new_share_windows
 from streams.rediskeys import RedisKeys
-from streams.settings import Settings
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a subprocess read exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HASHATLAS_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if isinstance(value, dict):
-            for sub, sub_value in value.items():
-                env[f"HASHATLAS_{name.upper()}__{sub.upper()}"] = (
-                    orjson.dumps(sub_value).decode() if isinstance(sub_value, dict | list)
-                    else str(sub_value)
-                )
-        elif isinstance(value, list):
-            env[f"HASHATLAS_{name.upper()}"] = orjson.dumps(value).decode()
-        elif value is not None:
-            env[f"HASHATLAS_{name.upper()}"] = str(value)
-    for name, value in settings:  # secrets, which the JSON dump masks
-        if isinstance(value, SecretStr):
-            env[f"HASHATLAS_{name.upper()}"] = value.get_secret_value()
-    return env
+from streams.settings import Settings, settings_env
 
 
 class CliProcess:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from streams.settings import Settings
+from streams.settings import Settings, settings_env
 from tests.conftest import free_port
 from tests.integration.conftest import produce
-from tests.integration.pipeline_helpers import Worker, settings_env, wait_for_snapshot
+from tests.integration.pipeline_helpers import Worker, wait_for_snapshot
 from tests.integration.test_promql import (
     PROMETHEUS_DIR,
     PrometheusAPI,

@@ -20,8 +20,10 @@ from streams.core.electricity import (
     annualized_twh,
     cbeci_daily,
     hashprice_usd_ph_day,
+    load_electricity_price_table,
     load_electricity_prices,
     load_hardware,
+    parse_electricity_price_table,
     parse_electricity_prices,
     parse_hardware_csv,
     power_band_w,
@@ -38,6 +40,8 @@ CCAF_SOURCE = "CCAF ccaf_cbeci_api server_config/miners.csv"
 BOUNDS_MAX_REL_ERROR_2019 = 1e-6  # measured 5.99e-7
 UPPER_MAX_REL_ERROR_2018 = 2e-6  # measured 1.58e-6
 BEST_REL_ERROR_RANGE_2019 = (-0.115, -0.035)  # measured -0.1109 … -0.0385 (CCAF's list is larger)
+# Issue #12: CCAF's own miners.csv, as published, through the command: measured 5.99e-7.
+CCAF_MINERS_BOUNDS_MAX_REL_ERROR = 1e-4
 
 
 def unix(year: int, month: int, day: int) -> float:
@@ -372,12 +376,64 @@ def test_hardware_csv_errors_name_line_and_column() -> None:
     assert len(parse_hardware_csv(good)) == 1
     with pytest.raises(ValueError, match="line 3: efficiency_j_gh is not a number"):
         parse_hardware_csv(good + "S19,1588291200,fast,x\n")
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(ValueError, match="line 3: released_unix is empty"):
+        parse_hardware_csv(good + "S19,,0.03,x\n")
+    with pytest.raises(ValueError, match="line 1: unknown header 'model,released_unix,source'"):
         parse_hardware_csv("model,released_unix,source\nS9,1,x\n")
 
 
-def test_shipped_prices_are_default_everywhere() -> None:
-    assert load_electricity_prices(SHIPPED_PRICES) == (0.05, {})
+CCAF_HEADER = "Miner_name,UNIX_date_of_release,Efficiency_J_Gh,Qty\n"
+
+
+def test_hardware_csv_reads_ccaf_miners_format() -> None:
+    table = parse_hardware_csv(
+        "\ufeff" + CCAF_HEADER + "Bitmain Antminer S9,1464739200,0.098,1000\n"
+        "Bitmain Antminer S19 (95Th),1588291200,0.03421,1000\n"
+    )
+    assert table.models == ("Bitmain Antminer S9", "Bitmain Antminer S19 (95Th)")
+    assert list(table.released_unix) == [1464739200.0, 1588291200.0]
+    assert list(table.efficiency_j_gh) == [0.098, 0.03421]
+    assert set(table.sources) == {"CCAF miners.csv"}
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ("S9,1464739200,fast,1000\n", "line 2: Efficiency_J_Gh is not a number: 'fast'"),
+        ("S9,,0.098,1000\n", "line 2: UNIX_date_of_release is empty"),
+        (
+            "S9,1464739200,0.098,1000\nS19,1588291200,-0.03,1\n",
+            "line 3: Efficiency_J_Gh must be > 0",
+        ),
+        (",1464739200,0.098,1000\n", "line 2: Miner_name is empty"),
+        ("S9,1464739200,0.098,1000,extra\n", "line 2: more fields than the header"),
+    ],
+)
+def test_hardware_csv_ccaf_errors_name_line_and_column(rows: str, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        parse_hardware_csv(CCAF_HEADER + rows)
+
+
+def test_shipped_table_has_a_source_for_every_row_and_reaches_today(
+    hardware: HardwareTable,
+) -> None:
+    assert all(source.strip() for source in hardware.sources)
+    assert len(set(hardware.models)) == len(hardware.models)
+    assert hardware.released_unix.max() >= unix(2025, 1, 1)  # issue #12: today's machines
+    assert np.all(hardware.efficiency_j_gh[hardware.released_unix >= unix(2025, 1, 1)] < 0.02)
+
+
+def test_shipped_prices_load_with_a_source_and_date_for_every_region() -> None:
+    default, regions = load_electricity_price_table(SHIPPED_PRICES)
+    assert default == 0.05
+    assert {"US-TX", "US-GA", "US-KY", "US-ND", "US-NY", "US-OK", "KZ", "ET"} <= set(regions)
+    for code, entry in regions.items():
+        assert entry.source and entry.date, code
+        assert 0.005 <= entry.usd_kwh <= 0.25, code  # industrial tariffs, not household ones
+        assert entry.date[:4] >= "2022", code
+    plain_default, plain = load_electricity_prices(SHIPPED_PRICES)
+    assert plain_default == default
+    assert plain == {code: entry.usd_kwh for code, entry in regions.items()}
 
 
 def test_price_file_parses_regions_and_keeps_norway() -> None:
@@ -388,6 +444,25 @@ def test_price_file_parses_regions_and_keeps_norway() -> None:
     assert regions == {"US-TX": 0.045, "NO": 0.04, "ZZ": 0.05}
 
 
+def test_price_file_reads_entries_with_source_and_date() -> None:
+    default, regions = parse_electricity_price_table(
+        "regions:\n"
+        "  US-TX: {usd_kwh: 0.0634, source: EIA Electric Power Monthly 5.6.B, date: 2025-08}\n"
+        "  NO: {usd_kwh: 0.04, source: somewhere, date: 2024-06-30, note: converted}\n"
+        "  KZ: {usd_kwh: 0.05, source: somewhere, date: 2024}\n"
+        "  CA: 0.04\n"
+    )
+    assert default == 0.05
+    assert regions["US-TX"].usd_kwh == 0.0634 and regions["US-TX"].date == "2025-08"
+    assert regions["US-TX"].source == "EIA Electric Power Monthly 5.6.B"
+    assert regions["NO"].date == "2024-06-30" and regions["NO"].note == "converted"
+    assert regions["KZ"].date == "2024"
+    assert regions["CA"].usd_kwh == 0.04 and regions["CA"].source == ""
+    assert parse_electricity_prices("regions: {CA: {usd_kwh: 0.04, source: s, date: 2024}}") == (
+        0.05, {"CA": 0.04}
+    )
+
+
 def test_price_file_names_every_bad_entry() -> None:
     text = "default_usd_kwh: 0.05\nregions: {us: 0.1, XX: 0.2, DE: abc, FR: -0.1, US-TX: 0.04}\n"
     with pytest.raises(ValueError) as info:
@@ -396,6 +471,32 @@ def test_price_file_names_every_bad_entry() -> None:
     for bad in ("regions.us", "regions.XX", "regions.DE", "regions.FR"):
         assert bad in message
     assert "regions.US-TX" not in message
+
+
+def test_price_file_names_every_bad_field_of_an_entry() -> None:
+    text = (
+        "regions:\n"
+        "  US-TX: {usd_kwh: 0.06, date: 2025-08}\n"
+        "  US-GA: {usd_kwh: cheap, source: s, date: 2025-08}\n"
+        "  RU: {usd_kwh: 0.05, source: s, date: last year}\n"
+        "  KZ: {usd_kwh: 0.05, source: '', date: 2024}\n"
+        "  NO: {usd_kwh: 0.05, source: s, date: 2024, currency: NOK}\n"
+        "  CA: {usd_kwh: 0.04, source: s, date: 2024-13}\n"
+        "  PY: {usd_kwh: 0.04, source: s, date: 2024}\n"
+    )
+    with pytest.raises(ValueError) as info:
+        parse_electricity_price_table(text)
+    message = str(info.value)
+    for bad in (
+        "regions.US-TX: missing source",
+        "regions.US-GA.usd_kwh: 'cheap' is not a number",
+        "regions.RU.date: 'last year'",
+        "regions.KZ.source: must be a non-empty text",
+        "regions.NO: unknown key(s) currency",
+        "regions.CA.date",
+    ):
+        assert bad in message
+    assert "regions.PY" not in message
 
 
 # ------------------------------------------------------------------------------------------
@@ -429,6 +530,42 @@ def test_cli_writes_the_reproduced_series(
     for column in ("power_gw_lower", "twh_upper"):
         relative = float_column(columns, column)[from_2019] / published[column][from_2019] - 1
         assert np.max(np.abs(relative)) < BOUNDS_MAX_REL_ERROR_2019
+
+
+def test_cli_reproduces_ccaf_bounds_from_its_own_miners_csv(
+    test_data: Path, published: dict[str, npt.NDArray[np.float64]], tmp_path: Path
+) -> None:
+    """Issue #12: CCAF's miners.csv exactly as published, through `hashatlas cbeci --hardware`,
+    gives CCAF's published 2019 lower and upper bounds (method 1.2.0, 0.05 USD/kWh)."""
+    out = tmp_path / "cbeci.csv"
+    argv = [
+        "cbeci",
+        "--coinmetrics", str(test_data / "cbeci" / "coinmetrics_btc_daily.csv"),
+        "--hardware", str(test_data / "cbeci" / "miners.csv"),
+        "--method", "1.2.0",
+        "--out", str(out),
+    ]
+    assert run_cli(argv) == 0
+    columns = read_columns(out)
+    assert np.array_equal(np.array(columns["date"], dtype="datetime64[D]"), published["date"])
+    from_2019 = published["date"] >= np.datetime64("2019-04-26")
+    assert from_2019.sum() == 128
+    for column in ("power_gw_lower", "power_gw_upper", "twh_lower", "twh_upper"):
+        relative = float_column(columns, column)[from_2019] / published[column][from_2019] - 1
+        assert np.max(np.abs(relative)) <= CCAF_MINERS_BOUNDS_MAX_REL_ERROR, column
+
+
+def test_cli_unknown_hardware_header_exits_2(
+    test_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "machines.csv"
+    table.write_text("name,year,j_th\nS9,2016,98\n")
+    argv = ["cbeci", "--coinmetrics", str(test_data / "cbeci" / "coinmetrics_btc_daily.csv"),
+            "--hardware", str(table)]
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "line 1: unknown header 'name,year,j_th'" in err
+    assert "Miner_name,UNIX_date_of_release,Efficiency_J_Gh,Qty" in err
 
 
 def test_cli_writes_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

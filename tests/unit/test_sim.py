@@ -67,7 +67,7 @@ def events_of(outputs: list[StepOutput], kind: str) -> list[dict[str, Any]]:
 # ---- scenarios ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["steady", "kazakhstan_2022", "china_ban_2021",
+@pytest.mark.parametrize("name", ["steady", "ccaf_2022_01", "kazakhstan_2022", "china_ban_2021",
                                   "winter_storm_elliott", "vpn_inflated"])
 def test_shipped_scenarios_parse_and_sample_about_forty_percent(name: str) -> None:
     scenario = load_scenario(SCENARIOS / f"{name}.yaml")
@@ -76,8 +76,8 @@ def test_shipped_scenarios_parse_and_sample_about_forty_percent(name: str) -> No
     build_world(scenario)
 
 
-def test_steady_map_is_ccaf_january_2022() -> None:
-    scenario = load_scenario(SCENARIOS / "steady.yaml")
+def test_historical_map_is_ccaf_january_2022() -> None:
+    scenario = load_scenario(SCENARIOS / "ccaf_2022_01.yaml")
     by_country: dict[str, float] = {}
     for code, percent in scenario.regions.items():
         by_country[code.split("-")[0]] = by_country.get(code.split("-")[0], 0.0) + percent
@@ -230,9 +230,10 @@ def test_every_event_validates_against_the_contracts() -> None:
     assert set(kinds) == {"share", "share_batch", "price", "block"}
 
 
-def test_sample_of_shipped_steady_world_matches_its_truth() -> None:
-    """One hour of steady.yaml (with its regional wander): the sample over coverage vs truth."""
-    outputs = run_steps(load_scenario(SCENARIOS / "steady.yaml"), 3600.0)
+def test_sample_of_shipped_ccaf_2022_world_matches_its_truth() -> None:
+    """One hour of ccaf_2022_01.yaml (with its regional wander): the sample over coverage vs
+    truth."""
+    outputs = run_steps(load_scenario(SCENARIOS / "ccaf_2022_01.yaml"), 3600.0)
     truths = [out.truth for out in outputs if out.truth is not None]
     assert len(truths) == 60
     sums = _sample_sums(outputs)
