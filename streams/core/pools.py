@@ -31,6 +31,7 @@ from functools import lru_cache
 from statistics import NormalDist
 from typing import Any, Protocol
 
+from streams.core.blocks import block_subsidy_sat, pool_slug
 from streams.core.intervals import poisson_interval, regularized_gamma_pq
 
 HASHES_PER_DIFFICULTY = 2.0**32
@@ -485,8 +486,6 @@ def pool_groups(entries: Iterable[Mapping[str, Any]]) -> dict[str, str]:
 
     mempool's pools-v2.json has only id, name, addresses, tags and link: it names no parent, so
     the shipped list gives no groups; a list that adds ``"parent": "<name or slug>"`` does."""
-    from streams.core.blocks import pool_slug
-
     groups = {}
     for entry in entries:
         parent = entry.get("parent")
@@ -679,8 +678,6 @@ def pools_section(
     subsidies = list(chain.get("coverage_subsidies") or [])[-144:]
     fees = list(chain.get("coverage_fees") or [])[-144:]
     if subsidies and len(subsidies) == len(fees):
-        from streams.core.blocks import block_subsidy_sat
-
         section["hashprice"] = hashprice_summary(
             subsidies, fees, block_subsidy_sat(heights[-1] + 1), difficulties[-1], btc_usd)
     if groups:
