@@ -364,3 +364,23 @@ def test_pools_section_groups_proxying_pools_under_their_parent() -> None:
     assert section["group_work_share"] == {"antpool": 0.75, "f2pool": 0.25}
     assert {e["pool"]: e["group"] for e in section["pools"]}["some-proxy"] == "antpool"
     assert section["hashprice"] == {"blocks": 0}  # no reward columns: no hashprice
+
+
+def test_ledger_after_a_reorg_to_a_shorter_chain_records_the_new_branch() -> None:
+    ledger = LuckLedger()
+    rate = {"a": 2.0**32 / 600}  # one expected block per 600 s at difficulty 1
+    ledger.record([1, 2], [0.0, 600.0], [1.0, 1.0], rate, 600.0, 3600.0)
+    assert ledger.record([1, 2, 3, 4, 5], [0.0, 600.0, 1200.0, 1800.0, 2400.0], [1.0] * 5,
+                         rate, 2400.0, 3600.0) == [3, 4, 5]
+    # The feed drops 5 (reorg) and later sends a new 5 and 6: both are recorded.
+    assert ledger.record([1, 2, 3, 4], [0.0, 600.0, 1200.0, 1800.0], [1.0] * 4, rate,
+                         2500.0, 3600.0) == []
+    assert ledger.record([3, 4, 5, 6], [1200.0, 1800.0, 2700.0, 3000.0], [1.0] * 4, rate,
+                         3000.0, 3600.0) == [5, 6]
+    assert ledger.expected[5]["a"] == pytest.approx(1.5)
+    assert ledger.expected[6]["a"] == pytest.approx(0.5)
+    # Shares too few for their blocks: the other direction names other causes.
+    detector = DivergenceDetector()
+    (alert,) = detector.update(1.0, {"a": {144: pool_luck(2, 40.0, 144, 144)}})
+    assert alert["direction"] == "blocks_below_shares"
+    assert alert["likely_causes"][0].startswith("difficulty_over_reported")
