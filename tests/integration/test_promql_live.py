@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import orjson
 import yaml
 
 from streams.settings import Settings, settings_env
@@ -84,6 +85,16 @@ async def test_live_pipeline_exports_every_metric_the_dashboards_and_rules_use(
         await produce(settings, settings.topics.shares, [*shares, b"not json"])
         await wait_for_snapshot(settings, lambda s: s["network"]["blocks_seen"] == 5
                                 and bool(s["regions"]), 90, [worker])
+        # One block arriving live (the leader credits a block with the share rates of its
+        # time): luck is computed for the sampled pool, so its gauges exist too.
+        tip = orjson.loads((test_data / "real_blocks.jsonl").read_bytes().splitlines()[-1])
+        await produce(settings, settings.topics.blocks, [{
+            "type": "block", "height": tip["height"] + 1, "hash": "ab" * 32,
+            "prev_hash": tip["hash"], "time": int(time.time()), "bits": tip["bits"],
+            "coinbase_value_sat": 625_000_000, "pool": "Foundry USA"}])
+        await wait_for_snapshot(settings, lambda s: any(
+            any((p.get("luck") or {}).values())
+            for p in (s.get("pools") or {}).get("pools", [])), 60, [worker])
         for path in ("/v1/estimates/current", "/v1/regions/US", "/v1/regions/XX"):
             with contextlib.suppress(urllib.error.HTTPError):  # the 404 is wanted too
                 urllib.request.urlopen(f"http://127.0.0.1:{api_port}{path}", timeout=5).read()
