@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ from api.problems import (
     problem_schemas,
     service_unavailable,
 )
+from api.sites import router as sites_router
 from api.sse import KEEPALIVE_S, SSE_MEDIA_TYPE, EventStreamResponse, format_event
+from streams.commands.sites import load_sites
 from streams.contracts import (
     EstimateSnapshot,
     PoolDivergenceAlert,
@@ -667,7 +670,8 @@ async def stream(request: Request, store: StoreDep, settings: SettingsDep) -> Re
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def prometheus_metrics(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
-    body = await render_metrics(store, request.app.state.request_metrics, settings.stale_after_s)
+    body = await render_metrics(store, request.app.state.request_metrics, settings.stale_after_s,
+                                sites=request.app.state.sites)
     return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
@@ -759,8 +763,10 @@ def create_app(
     app.state.request_metrics = request_metrics
     app.state.snapshot_bodies = SnapshotBodies()
     app.state.sse_keepalive_s = sse_keepalive_s
+    app.state.sites = load_sites(settings, warn=logging.getLogger("hashatlas.api").warning)
     install_problem_handlers(app)
     app.include_router(router)
+    app.include_router(sites_router)
     from api.pools import router as pools_router  # imports this module's helpers
 
     app.include_router(pools_router)

@@ -9,7 +9,7 @@ snapshot Redis holds at that moment and no stale copy can linger in the process.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -21,8 +21,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import EstimateStore, latest_alert_states
 from api.problems import REDIS_UNAVAILABLE_ERRORS
+from api.sites import SiteCollector
+from streams.commands.sites import shipped_sites
 from streams.core.pools import ALERT_TYPE as POOL_ALERT_TYPE
 from streams.core.pools import OTHER_POOLS, top_pools
+from streams.core.sites import Site
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -260,8 +263,9 @@ def _value_and_bounds(prefix: str, unit: str, documentation: str, value: object,
 
 
 async def render_metrics(store: EstimateStore, metrics: RequestMetrics,
-                         stale_after_s: float) -> bytes:
-    """Exposition text: request metrics, then the domain gauges read from Redis now."""
+                         stale_after_s: float, *, sites: Sequence[Site] | None = None) -> bytes:
+    """Exposition text: request metrics, then the domain gauges read from Redis now, and the
+    site registry's capacity (``sites``, default the shipped registry)."""
     snapshot: dict[str, Any] | None = None
     published_at: float | None = None
     firing: dict[str, int] = {}
@@ -288,6 +292,7 @@ async def render_metrics(store: EstimateStore, metrics: RequestMetrics,
         SnapshotCollector(snapshot, published_at, firing, redis_up=redis_up, now=time.time(),
                           stale_after_s=stale_after_s, firing_by_pool=firing_pools)
     )
+    domain.register(SiteCollector(shipped_sites() if sites is None else sites, snapshot))
     return generate_latest(metrics.registry) + generate_latest(domain)
 
 

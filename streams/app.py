@@ -75,7 +75,8 @@ class CheckpointedInput(Generic[S]):
     """One input topic's per-partition states, their changelog table and the ack discipline."""
 
     def __init__(self, app: faust.App, settings: Settings, topic: str, partitions: int,
-                 restore: Callable[[bytes | None], S], apply: Callable[[S, bytes | None], object]):
+                 restore: Callable[[bytes | None], S],
+                 apply: Callable[[S, bytes | None, float | None], object]):
         self.app = app
         self.settings = settings
         self.topic_name = topic
@@ -208,7 +209,7 @@ class CheckpointedInput(Generic[S]):
                 reread.add(partition)
                 continue
             try:
-                outcome = self.apply(state, message.value)
+                outcome = self.apply(state, message.value, message.timestamp)
                 if outcome is ShareOutcome.CREDITED:
                     credited += 1
                 elif isinstance(outcome, ShareOutcome):
@@ -299,9 +300,19 @@ def estimation_config(settings: Settings) -> EstimationConfig:
         prices_usd_kwh=prices,
         method=method,
         suspect_regions=settings.suspect_regions,
+        site_capacity_w=site_capacity_w(settings),
         # pools-v2.json names no parent pool today, so this is empty unless a list adds one.
         pool_groups=pool_groups(json.loads((DATA_DIR / "pools-v2.json").read_text("utf-8"))),
     )
+
+
+def site_capacity_w(settings: Settings) -> dict[str, float]:
+    """Energised mining capacity per region of the site registry (each site's latest row)."""
+    from streams.commands.sites import load_sites
+    from streams.core.sites import latest, mining_capacity_w
+
+    warn = logging.getLogger("hashatlas.sites").warning
+    return mining_capacity_w(latest(load_sites(settings, warn=warn)))
 
 
 def worker_broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -369,6 +380,8 @@ def create_app(settings: Settings) -> faust.App:
         # A killed worker's partitions move after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        consumer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
+        producer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
     )
     keys = RedisKeys(settings.redis_prefix)
     redis = aioredis.Redis.from_url(settings.redis_url)

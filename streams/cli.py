@@ -15,6 +15,7 @@ from streams.commands import evaluate as evaluate_command
 from streams.commands import feeds as feeds_command
 from streams.commands import proxy as proxy_command
 from streams.commands import simulate as simulate_command
+from streams.commands import sites as sites_command
 from streams.logs import limit_repeated_kafka_logs
 from streams.settings import PROJECT_ROOT, get_settings
 
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     for module in (api_command, blocks_command, cbeci_command, evaluate_command, feeds_command,
-                   proxy_command, simulate_command):
+                   proxy_command, simulate_command, sites_command):
         module.add_parser(sub)
     return parser
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +90,9 @@ class Settings(BaseSettings):
     #: ``other`` until the next flush, so a label flood cannot exhaust its memory.
     max_compactor_keys: int = Field(default=100_000, ge=1)
     checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
+    #: How often Kafka clients refresh topic metadata: a topic or partition created after a
+    #: worker joined is read within this long (aiokafka's default is 5 minutes).
+    metadata_max_age_s: float = Field(default=5.0, gt=0.0)
     # A worker assigned partitions whose changelog recovery has not finished after this long
     # stops (see streams.app crash_if_recovery_stalls); run workers under a supervisor.
     recovery_stall_s: float = Field(default=90.0, gt=0.0)
@@ -104,6 +108,11 @@ class Settings(BaseSettings):
     electricity_prices_file: Path | None = None
     hardware_file: Path | None = None
     suspect_regions: dict[str, str | None] = Field(default_factory=dict)
+    #: A mining-site registry of your own (CSV or GeoJSON); ``sites_mode`` says whether it
+    #: extends the shipped streams/data/sites.csv (same operator, site and as_of: yours wins)
+    #: or replaces it.
+    sites_file: Path | None = None
+    sites_mode: Literal["extend", "replace"] = "extend"
 
     state_dir: Path = PROJECT_ROOT / ".stack"
     kafka_version: str = "4.1.1"

@@ -44,6 +44,7 @@ from streams.core.regions import (
     region_shares,
     regional_hashrates,
 )
+from streams.core.sites import site_utilisation
 
 HASHES_PER_DIFFICULTY = 2.0**32
 SECONDS_PER_DAY = 86400.0
@@ -134,6 +135,9 @@ class EstimationConfig:
     plausibility_factor: float = 3.0
     #: Blocks needed in the coverage window before pools are judged against them.
     plausibility_min_blocks: int = 144
+    #: Energised mining capacity (W) of the site registry per country and subdivision, the
+    #: denominator of the snapshot's ``site_utilisation`` (empty: no utilisation).
+    site_capacity_w: Mapping[str, float] = field(default_factory=dict)
     #: Pools that mine for another (slug → parent slug), for the pools section's grouping.
     pool_groups: Mapping[str, str] = field(default_factory=dict)
 
@@ -332,7 +336,7 @@ def build_snapshot(
             })
         return out
 
-    return {
+    snapshot: dict[str, Any] = {
         "type": "estimate",
         "as_of": sample.as_of,
         "published_at": published_at,
@@ -364,6 +368,16 @@ def build_snapshot(
                                network.ci95_hs if network else None, btc_usd, memory.pools,
                                config.pool_groups),
     }
+    snapshot["site_utilisation"] = site_utilisation_of(snapshot, config.site_capacity_w)
+    return snapshot
+
+
+def site_utilisation_of(snapshot: Mapping[str, Any],
+                        capacity_w: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Each region's (and subdivision's) power band ÷ the energised mining capacity of the
+    site registry there, with the band's interval (`streams.core.sites.site_utilisation`);
+    regions without a power band or without registry capacity are left out."""
+    return site_utilisation([*snapshot["regions"], *snapshot["subdivisions"]], capacity_w)
 
 
 def history_points(snapshot: Mapping[str, Any], t: float) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,8 @@ from tests.conftest import free_port
 
 FRESH_WITHIN_S = 90.0
 LIVE_LAG_S = 10.0
+#: The shock starts 2 min after the backfill; the demo is expected to raise it within minutes.
+ALERT_WITHIN_S = 600.0
 
 
 @pytest.fixture()
@@ -82,6 +84,31 @@ class Demo:
         pytest.fail(f"no fresh estimate within {within_s:.0f} s (lag {self.lag_s()});\n"
                     + self.output()[-3000:])
 
+    def wait_alert(self, within_s: float) -> dict[str, object]:
+        """The first firing ``regional_shift`` alert (down) for the shocked region."""
+        match = re.search(r"hashatlas simulate: (\S+) blacked out", self._simulator_log())
+        assert match, self._simulator_log()[-2000:]
+        region = match.group(1)
+        deadline = self.started + within_s
+        url = f"http://127.0.0.1:{self.settings.api_port}/v1/alerts"
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()[-3000:]
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    alerts = json.loads(response.read())["alerts"]
+            except (OSError, ValueError):
+                alerts = []
+            for alert in alerts:
+                if (alert["region"], alert["direction"], alert["state"]) == (
+                        region, "down", "firing"):
+                    return dict(alert)
+            time.sleep(5.0)
+        pytest.fail(f"no alert for the shocked region within {within_s:.0f} s")
+
+    def _simulator_log(self) -> str:
+        path = self.settings.state_dir / "logs" / "demo-simulator.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
         code = self.proc.wait(timeout=60)
@@ -104,7 +131,7 @@ def test_demo_is_live_and_a_second_run_starts_clean(demo_stack: Settings, tmp_pa
     finally:
         assert first.stop() == 0
 
-    second = Demo(demo_stack, tmp_path / "demo2.log")
+    second = Demo(demo_stack, tmp_path / "demo2.log", "--shock")
     try:
         took = second.wait_fresh(FRESH_WITHIN_S)
         assert second.namespace() != old
@@ -112,6 +139,8 @@ def test_demo_is_live_and_a_second_run_starts_clean(demo_stack: Settings, tmp_pa
         topics = asyncio.run(localstack.list_topics(demo_stack))
         assert not [name for name in topics if name.startswith(old)]
         assert any(name.startswith(second.namespace()) for name in topics)
-        print(f"second demo fresh after {took:.1f} s")
+        alert = second.wait_alert(ALERT_WITHIN_S)
+        print(f"second demo fresh after {took:.1f} s; {alert['region']} {alert['direction']} "
+              f"alert {time.monotonic() - second.started:.0f} s after start")
     finally:
         assert second.stop() == 0

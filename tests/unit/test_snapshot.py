@@ -136,3 +136,20 @@ def test_a_regions_sample_interval_covers_its_keys_and_a_countrys_its_subdivisio
                                 sum(t.difficulty_sq_sum for t in parts), WINDOW, SHARE_D)
         assert entries[code]["sample_hashrate_ci95_hs"] == pytest.approx(
             list(combined.ci95_hs()), rel=1e-12), code
+
+
+def test_site_utilisation_is_each_power_band_over_the_registrys_mining_capacity() -> None:
+    capacity = {"US": 2e9, "US-TX": 1e9}
+    config = EstimationConfig(headline_window_s=WINDOW, hardware=HARDWARE,
+                              site_capacity_w=capacity)
+    snapshot = build_snapshot(_sample(), _chain(), 50_000.0, config, SnapshotMemory(),
+                              published_at=T_END + 1, stale=False)
+    entries = {e["region"]: e for e in [*snapshot["regions"], *snapshot["subdivisions"]]}
+    found = {item["region"]: item for item in snapshot["site_utilisation"]}
+    assert set(found) == {"US", "US-TX"}
+    for region, item in found.items():
+        band = entries[region]["power_w"]
+        assert item["mining_capacity_w"] == capacity[region]
+        assert item["utilisation"] == pytest.approx(
+            {k: band[k] / capacity[region] for k in ("lower", "best", "upper")})
+    assert _build(_sample())["site_utilisation"] == []
