@@ -11,6 +11,7 @@ them (regional shares need every pool) and publishes the snapshot.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from redis.exceptions import RedisError
 from streams.contracts import DeadLetter, InvalidEvent
 from streams.core.blocks import load_pool_directory
 from streams.core.electricity import Method, load_electricity_prices, load_hardware
+from streams.core.pools import ATTRIBUTION_CONFIDENCE, hashprice_sats_th_day, pool_groups
 from streams.core.shares import ShareOutcome
 from streams.core.snapshot import EstimationConfig
 from streams.kafka import client_options
@@ -300,6 +302,8 @@ def estimation_config(settings: Settings) -> EstimationConfig:
         method=method,
         suspect_regions=settings.suspect_regions,
         site_capacity_w=site_capacity_w(settings),
+        # pools-v2.json names no parent pool today, so this is empty unless a list adds one.
+        pool_groups=pool_groups(json.loads((DATA_DIR / "pools-v2.json").read_text("utf-8"))),
     )
 
 
@@ -444,6 +448,10 @@ def create_app(settings: Settings) -> faust.App:
                 "height": b.height, "hash": b.hash, "time": b.time, "pool": b.pool,
                 "pool_slug": b.pool_slug, "difficulty": b.difficulty, "work": str(b.work),
                 "subsidy_sat": b.subsidy_sat, "fees_sat": b.fees_sat,
+                "attribution_detail": b.attribution_detail,
+                "attribution_confidence": ATTRIBUTION_CONFIDENCE[b.attribution_detail],
+                "hashprice_sats_th_day": (hashprice_sats_th_day(
+                    b.subsidy_sat + b.fees_sat, b.difficulty) if b.fees_sat is not None else None),
             }): b.height for b in recent})
             EVENT_TIME_LAG.labels(settings.topics.blocks).set(time.time() - recent[-1].time)
         pipe.set(keys.partial("blocks"), orjson.dumps(state.summary(COVERAGE_BLOCKS)))

@@ -330,6 +330,24 @@ class RegionalShiftAlert(BaseModel):
     state: Literal["firing", "resolved"]
 
 
+class PoolDivergenceAlert(BaseModel):
+    """A sampled pool whose shares and blocks disagree beyond their joint interval (#15)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["pool_divergence"] = "pool_divergence"
+    id: str
+    pool: str
+    direction: Literal["blocks_above_shares", "blocks_below_shares"]
+    detected_at: float
+    window_blocks: int
+    blocks_found: int
+    expected_blocks: float
+    luck: float | None
+    p_value: float
+    state: Literal["firing", "resolved"]
+
+
 class DeadLetter(BaseModel):
     """An input that could not be used, with where it came from and why."""
 

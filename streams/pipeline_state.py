@@ -368,7 +368,22 @@ class ChainPartition:
             "coverage_works": works.tolist(),
             "pool_blocks": {str(p): int(c) for p, c in zip(*np.unique(pools, return_counts=True),
                                                       strict=True)},
+            **pool_columns(chain.blocks(coverage_blocks)),
         }
+
+
+def pool_columns(blocks: list[BlockFacts]) -> dict[str, Any]:
+    """Per block of the coverage window, what the pools section needs (oldest first)."""
+    return {
+        "coverage_heights": [b.height for b in blocks],
+        "coverage_times": [b.time for b in blocks],
+        "coverage_difficulties": [b.difficulty for b in blocks],
+        "coverage_details": [b.attribution_detail for b in blocks],
+        "coverage_conflicts": [b.conflicting_pool_slug for b in blocks],
+        "coverage_subsidies": [b.subsidy_sat for b in blocks],
+        "coverage_fees": [b.fees_sat for b in blocks],
+        "pool_names": {b.pool_slug: b.pool for b in blocks},
+    }
 
 
 @dataclass
