@@ -218,8 +218,21 @@ class _BucketRing:
                  dsq: float) -> None:
         """Spread totals over the buckets [start, end] overlaps, in proportion to the overlap."""
         first = math.floor(start / self.bucket_s)
-        if first == math.floor(end / self.bucket_s):  # the usual batch: one bucket, no numpy
+        last = math.floor(end / self.bucket_s)
+        if first == last:  # the usual batch: one bucket, no numpy
             self.add_one(row, first, count, dsum, dsq)
+            return
+        if last == first + 1 and end > start:
+            # A batch across one bucket edge (a proxy's batches need not align with the
+            # buckets): `_overlaps` arithmetic without numpy, the same floats.
+            edge = last * self.bucket_s
+            low = (min(edge, end) - max(first * self.bucket_s, start)) / (end - start)
+            high = (end - max(edge, start)) / (end - start)
+            if low > 0.0 and high > 0.0:
+                self.add_one(row, first, low * count, low * dsum, low * dsq)
+                self.add_one(row, last, high * count, high * dsum, high * dsq)
+            else:
+                self.add_one(row, first if low > 0.0 else last, count, dsum, dsq)
             return
         buckets, fractions = _overlaps(start, end, self.bucket_s)
         self.add_many(row, buckets, fractions[:, None] * np.array([[count, dsum, dsq]]))

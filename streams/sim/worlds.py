@@ -417,7 +417,7 @@ def run_world(scenario: Scenario, index: int, seed: int, settings: Settings,
     world = FastWorld(scenario, seed=seed * 100_003 + index, start_ts=start_ts)
     head = settings.headline_window_s
     windows = sorted({head, *[w for w in settings.windows_s if w <= head]})
-    feed_s = feed_s or head + 6 * scenario.step_s + max(
+    feed_s = feed_s or head + 2 * scenario.step_s + max(
         [float(x) for x in world.world.feed_lag] + [0.0])
     lagging = {world.sampled_slugs[q] for q, lag in enumerate(world.world.feed_lag) if lag > 0}
     blocks = world.blocks(max(checks))

@@ -241,3 +241,22 @@ def test_every_shipped_scenario_builds(path: Path) -> None:
     scenario = load_scenario(path)
     build_world(scenario)
     assert W.check_offsets(scenario)
+
+
+def test_two_bucket_batches_land_as_the_numpy_path_places_them() -> None:
+    """`add_span`'s path for a batch across one bucket edge gives the state `_overlaps` gives."""
+    from streams.core.shares import _BucketRing, _overlaps
+
+    rng = np.random.default_rng(9)
+    fast, slow = _BucketRing(10.0, 400.0), _BucketRing(10.0, 400.0)
+    fast.ensure_rows(1)
+    slow.ensure_rows(1)
+    for _ in range(500):
+        start = 1_700_000_000.0 + float(rng.integers(0, 300)) + float(rng.choice([0.0, 0.37]))
+        end = start + float(rng.choice([10.0, 2.5, 9.63]))
+        values = (float(rng.integers(1, 50)), float(rng.random() * 1e6), float(rng.random()))
+        fast.add_span(0, start, end, *values)
+        buckets, fractions = _overlaps(start, end, 10.0)
+        slow.add_many(0, buckets, fractions[:, None] * np.array([values]))
+    assert np.array_equal(fast.index, slow.index)
+    assert np.array_equal(fast.data, slow.data)
