@@ -562,3 +562,34 @@ def test_vectorised_decay_equals_share_by_share() -> None:
         average.add(float(t), float(x))
         one_by_one.append(average.rate)
     np.testing.assert_allclose(decaying_average_series(ts, d, 300.0, T0), one_by_one, rtol=1e-9)
+
+
+@pytest.mark.parametrize("window", [60.0, 300.0])
+@pytest.mark.parametrize("phase", [0.0, 3.0, 7.5])
+def test_windows_have_no_edge_bias_for_current_and_lagging_feeds(window: float,
+                                                                  phase: float) -> None:
+    """Batches of a constant rate (10 difficulty per second) in 10 s steps that need not align
+    with the buckets; pool `a` is current, pool `b`'s feed ends 30 s earlier. Evaluated 2 s
+    before the newest event (the worker's clock minus settle_s), both windows give the rate:
+    the bucket holding `now` counts pro rata, and `b`'s window ends at its last batch."""
+    windows = ShareWindows()
+    end = T0 + 1000.0 + phase
+    for pool, last in (("a", end), ("b", end - 30.0)):
+        t = T0 + phase
+        while t + 10.0 <= last + 1e-9:
+            windows.add_batch(pool, "US", t, t + 10.0, 10, 100.0, 1000.0)
+            t += 10.0
+    est = windows.estimates(end - 2.0, window)
+    for pool in "ab":
+        assert est[(pool, "US")].hashrate_hs == pytest.approx(10.0 * 2**32, rel=1e-9)
+    assert est[("b", "US")].effective_seconds == pytest.approx(window - 28.0)
+
+
+def test_pool_state_written_before_last_batch_still_loads() -> None:
+    windows = ShareWindows()
+    windows.add_batch("a", "US", T0, T0 + 10.0, 3, 3.0, 3.0)
+    state = windows.to_state()
+    assert state["pools"]["a"][4] is True
+    state["pools"]["a"] = state["pools"]["a"][:4]  # the four fields of older checkpoints
+    restored = ShareWindows.from_state(state)
+    assert restored.estimates(T0 + 10.0, 60.0).keys() == windows.estimates(T0 + 10.0, 60.0).keys()
