@@ -25,17 +25,19 @@ Var = Σd²·2⁶⁴/T_eff². State is kept per (pool, region, time bucket), nev
   duplicate be credited twice. A share is judged late before it is judged a duplicate.
 
 Window edges: each pool's window is [now − T, e], where e is the end of what its feed has
-delivered: e = min(now, max(last event of the pool, watermark)). A pool whose feed lags (its last
-batch ended before `now`) is thus not divided by time it has not reported yet; a pool silent for
-longer than the allowed lateness has its silence counted (nothing late can fill it any more).
-Every bucket counts the part of its *occupied span* that lies in the window, pro rata: the span
-starts no earlier than the pool's first event and ends no later than its last event (a bucket
-holds nothing from after the pool's latest event). With a constant rate over a bucket this is the
-expected content of that part, so the estimate stays unbiased at both edges: the bucket
-straddling the window start, and the bucket holding `now` (which may hold events up to the
-latest one seen, after `now`). Buckets wholly inside count whole. Caveat: when a pool's last
-event is a single share (or a compacted batch, which ends at its last share) the window of a
-sparse pool ends at an event, which biases it up by about one share, as a first share would.
+delivered. A batch states what it covers, so for a pool whose latest event is a batch
+e = min(now, max(end of that batch, watermark)): a pool whose feed lags (its last batch ended
+before `now`) is not divided by time it has not reported yet, and a pool silent for longer than
+the allowed lateness has its silence counted (nothing late can fill it any more). A single share
+states nothing of the time after it; its pool is taken as observed up to the latest event of all
+(or `now` if later), so e = now. Every bucket counts the part of its *occupied span* that lies in
+the window, pro rata: the span starts no earlier than the pool's first event and ends no later
+than what the feed has delivered. With a constant rate over a bucket this is the expected content
+of that part, so the estimate stays unbiased at both edges: the bucket straddling the window
+start, and the bucket holding `now` (which may hold events up to the latest one seen, after
+`now`). Buckets wholly inside count whole. Caveat: a compacted batch ends at its last share, so
+the window of a sparse pool fed through the compactor ends at a share, which biases it up by
+about one share, as a first share would.
 
 Effective time: T_eff = e − max(now − T, first event of the *pool*) (= min(T, now − first event)
 when the feed is current). A pool that just started is then
