@@ -176,6 +176,8 @@ class CheckTruth:
     #: Means over the headline window (what a windowed estimate estimates).
     window_shares: dict[str, float] = field(default_factory=dict)
     window_hashrates: dict[str, float] = field(default_factory=dict)
+    #: The sampled pools' hashrate per region, mean over the headline window.
+    window_sample_hs: dict[str, float] = field(default_factory=dict)
 
 
 class FastWorld:
@@ -328,8 +330,10 @@ class FastWorld:
         sample_total = float(sample.sum())
         by_pool = rates.sum(axis=2)  # [k, q]
         rolled = capacities @ self._leaf_roll.T  # [k, code]
+        sampled = rates.sum(axis=1) @ self._sample_roll.T  # [k, code]
         network = capacities.sum(axis=1)
         pool_window: dict[float, dict[str, float]] = {}
+        window_sample: dict[str, float] = {}
         window_shares: dict[str, float] = {}
         window_hashrates: dict[str, float] = {}
         network_window = total
@@ -344,6 +348,7 @@ class FastWorld:
                 window_hashrates = dict(zip(self.codes, (weight @ rolled).tolist(), strict=True))
                 window_shares = dict(zip(self.codes, (weight @ (rolled / network[:, None]))
                                          .tolist(), strict=True))
+                window_sample = dict(zip(self.codes, (weight @ sampled).tolist(), strict=True))
         return CheckTruth(
             t=t, network_hs=total, network_window_hs=network_window,
             coverage=float(pool_hs[self.sampled].sum() / total) if total else 0.0,
@@ -353,7 +358,13 @@ class FastWorld:
                            for c, h in zip(self.codes, sample_hs, strict=True)},
             pool_window_hs=pool_window,
             window_shares=window_shares, window_hashrates=window_hashrates,
+            window_sample_hs=window_sample,
         )
+
+    def mean_network(self, t_from: float, t_to: float, points: int = 200) -> float:
+        """The true network hashrate averaged over [t_from, t_to] (absolute times)."""
+        offsets = np.linspace(t_from, t_to, points) - self.start_ts
+        return float(np.mean([self.state(float(o))[0].sum() for o in offsets]))
 
 
 def _roll_matrix(regions: Sequence[str], codes: Sequence[str]) -> FloatArray:
@@ -440,6 +451,13 @@ def run_world(scenario: Scenario, index: int, seed: int, settings: Settings,
         snap, merged = made
         truth = world.truth(float(snap["as_of"]), [head, *windows], step_starts, rates, network)
         records.extend(snapshot_records(index, offset, snap, merged, truth, lagging))
+        summary = pipeline._summary[1] or {}
+        row = summary.get("hashrates", {}).get(str(config.block_window))
+        if row is not None:  # GetNetworkHashPS over its span: the mean hashrate there
+            tip = float(summary["tip_time"])
+            records.append(Record(index, offset, NETWORK, "block_hashrate", float(row[0]),
+                                  float(row[1]), float(row[2]),
+                                  world.mean_network(tip - float(row[4]), tip)))
     return records
 
 
@@ -468,6 +486,11 @@ def snapshot_records(world: int, check: float, snap: Mapping[str, Any], merged: 
         out.append(Record(world, check, code, "hashrate", entry.get("hashrate_hs"), hci[0],
                           hci[1], truth.hashrates[code],
                           window_truth=truth.window_hashrates.get(code)))
+        sample_hs = truth.window_sample_hs.get(code, 0.0)
+        if sample_hs > 0:  # the region's own sample: truth = its sampled hashrate (window mean)
+            ssi = entry.get("sample_hashrate_ci95_hs") or [None, None]
+            out.append(Record(world, check, code, "sample_hashrate",
+                              entry.get("sample_hashrate_hs"), ssi[0], ssi[1], sample_hs))
     lagging = set(lagging)
     for window, by_pool in truth.pool_window_hs.items():
         rows = merged.windows.get(window, {})
@@ -566,6 +589,8 @@ class WorldsReport:
     hashrates: list[Calibration]
     windows: list[Calibration]  # per window × (lagging, other pools)
     pooled: dict[str, float | None]  # all countries / all subdivisions pooled
+    sample_hashrates: list[Calibration] = field(default_factory=list)
+    block_hashrate: Calibration | None = None
     detection: dict[str, Any] | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -595,9 +620,17 @@ def summarise(scenario: Scenario, records: Sequence[Record], worlds: int, seed: 
             pooled[f"{label}_{kind}"] = coverage_of([r.lower for r in rows],
                                                     [r.upper for r in rows],
                                                     [r.truth for r in rows])
+    for label, sub in (("countries", False), ("subdivisions", True)):
+        rows = [r for r in records if r.kind == "sample_hashrate" and ("-" in r.series) == sub]
+        pooled[f"{label}_sample_hashrate"] = coverage_of(
+            [r.lower for r in rows], [r.upper for r in rows], [r.truth for r in rows])
+    blocks = [r for r in records if r.kind == "block_hashrate"]
     return WorldsReport(scenario=scenario.name, worlds=worlds, seed=seed, checks=list(checks),
                         network=network, coverage=calibrate(records, "coverage", NETWORK),
-                        shares=shares, hashrates=hashrates, windows=windows, pooled=pooled)
+                        shares=shares, hashrates=hashrates, windows=windows, pooled=pooled,
+                        sample_hashrates=[calibrate(records, "sample_hashrate", c) for c in codes],
+                        block_hashrate=(calibrate(records, "block_hashrate", NETWORK)
+                                        if blocks else None))
 
 
 def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
@@ -762,6 +795,11 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
     c = report.coverage
     lines.append(f"  coverage ĉ vs true c: cover95 {_f(c.coverage, '.3f')}, bias "
                  f"{_f(c.bias, '+.2f')} pp, truth {_f(c.mean_truth * 100, '.1f')} %")
+    b = report.block_hashrate
+    if b is not None:
+        lines.append(f"  block hashrate (120 blocks) vs true mean over its span: cover95 "
+                     f"{_f(b.coverage, '.3f')}, bias {_f(b.bias and b.bias * 100, '+.2f')} %, "
+                     f"±{_f(b.mean_half_width and b.mean_half_width * 100, '.1f')} %")
     lines.append("")
     lines.append("regions: share_ci95 vs true network share; hashrate_ci95_hs vs true hashrate")
     lines.append(f"  {'region':7s} {'share%':>7s} {'n':>5s} {'miss':>4s} {'cov':>6s} {'covW':>6s} "
@@ -780,7 +818,10 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
                  f"{_f(pooled.get('countries_share'), '.3f')}, hashrate "
                  f"{_f(pooled.get('countries_hashrate'), '.3f')}; subdivisions share "
                  f"{_f(pooled.get('subdivisions_share'), '.3f')}, hashrate "
-                 f"{_f(pooled.get('subdivisions_hashrate'), '.3f')}")
+                 f"{_f(pooled.get('subdivisions_hashrate'), '.3f')}; sample hashrate "
+                 f"(truth: sampled pools' hashrate in the region) countries "
+                 f"{_f(pooled.get('countries_sample_hashrate'), '.3f')}, subdivisions "
+                 f"{_f(pooled.get('subdivisions_sample_hashrate'), '.3f')}")
     if report.windows:
         lines.append("")
         lines.append("window edges: each sampled pool's windowed hashrate vs its true mean "

@@ -146,6 +146,9 @@ def test_small_run_reports_every_interval_and_is_repeatable() -> None:
     assert one.checks == [3600.0, 7200.0]
     assert one.network[0].n == 4 and one.network[0].coverage is not None
     assert {c.series for c in one.shares} == {"US", "US-TX", "NO", "KZ"}
+    assert one.block_hashrate is not None and one.block_hashrate.n == 4
+    assert {c.series for c in one.sample_hashrates} == {"US", "US-TX", "NO", "KZ"}
+    assert one.pooled["countries_sample_hashrate"] is not None
     assert W.worlds_report_json(one)["network"] == W.worlds_report_json(two)["network"]
     text = W.format_worlds_report(one)
     assert "network nowcast" in text and "KZ" in text
