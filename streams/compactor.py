@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -60,6 +60,7 @@ from streams.settings import Settings
 log = logging.getLogger("hashatlas.compactor")
 
 _NUMBER = (int, float)
+_TIMESTAMP = attrgetter("timestamp")
 
 
 def _json(body: dict[str, Any]) -> bytes:
@@ -100,6 +101,15 @@ class PendingFlush:
 
     def __len__(self) -> int:
         return len(self.ts) + len(self.passthrough) + len(self.dead_letters)
+
+
+def earliest_decision_time(messages: Sequence[ConsumerRecord[Any, bytes]], now: float) -> float:
+    """The earliest ``decision_time`` of these records (ms timestamps; none: the clock)."""
+    lowest = min(map(_TIMESTAMP, messages), default=0)
+    if lowest > 0:
+        return float(lowest) * 0.001
+    stamped = [m.timestamp for m in messages if m.timestamp > 0]
+    return min(now, min(stamped) * 0.001) if stamped else now
 
 
 class ShareCompactor:
@@ -159,9 +169,10 @@ class ShareCompactor:
         clock, read once per call, for a record without one), so a replay decides the same.
         """
         now = self.clock()
-        skew = self.settings.max_future_skew_s
-        latest_now = latest_event_time(now, skew)
-        latest_ever = latest_event_time(math.inf, 0.0)
+        # Every record's own bound is at least this one: the fast path accepts below it, and a
+        # share above it goes the slow way, judged against its own record's time.
+        latest = latest_event_time(earliest_decision_time(messages, now),
+                                   self.settings.max_future_skew_s)
         pending = self.pending
         add_key, add_ts, add_diff = (pending.key_ids.append, pending.ts.append,
                                      pending.difficulty.append)
@@ -170,8 +181,6 @@ class ShareCompactor:
         loads, decode_error, number = orjson.loads, orjson.JSONDecodeError, _NUMBER
         for message in messages:
             raw = message.value
-            stamp = message.timestamp
-            latest = min(stamp * 0.001 + skew, latest_ever) if stamp > 0 else latest_now
             payload: Any = None
             if raw is not None and len(raw) <= max_bytes:
                 try:
@@ -200,7 +209,7 @@ class ShareCompactor:
                         add_diff(float(diff))
                         continue
             self._ingest_slow(raw, topic, partition, message.offset,
-                              decision_time(stamp * 0.001, now))
+                              decision_time(message.timestamp * 0.001, now))
 
     def _ingest_slow(self, raw: bytes | None, topic: str, partition: int, offset: int,
                      now: float) -> None:
