@@ -44,6 +44,7 @@ from api.metrics import (
     RequestMetricsMiddleware,
     render_metrics,
 )
+from api.page import install_page
 from api.problems import (
     ProblemError,
     install_problem_handlers,
@@ -758,6 +759,7 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(router)
     app.include_router(sites_router)
+    install_page(app)
     # add_middleware wraps: the last added is the outermost. Outside in: request metrics,
     # CORS (only if origins are configured), the current-estimate fast path, GZip.
     app.add_middleware(GZipExceptPrecompressed, exempt_paths=frozenset({CURRENT_PATH}))
