@@ -37,6 +37,8 @@ const state = {
   history: null,         // {code, points}
   codes: null,
   topo: new Map(),
+  events: 0,             // estimate events received over SSE
+  firstRender: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -155,6 +157,7 @@ function renderAge() {
   $("net-age").textContent = `${ago(Math.max(0, age))} ago · ${s.window_s / 60} min window`;
   const banner = $("stale-banner");
   if (s.stale) {
+    setLive(false, "connected · feed stale");
     banner.hidden = false;
     banner.textContent = `Stale data: no new input since ${utc(s.as_of)} (${ago(Math.max(0, age))} ago). ` +
       "The figures are frozen at their last values until the feed resumes.";
@@ -366,8 +369,10 @@ function renderDetail() {
       subs.map((s) => `<li><button data-code="${esc(s.region)}">${esc(s.name)} (${esc(s.region)})</button>: ${pct(s.share)}</li>`).join("") +
       `</ul><p class="muted">${pct(Math.max(0, r.share - attributed))} of the network is placed in ${esc(r.name)} without a subdivision.</p>`;
   }
+  const focused = body.contains(document.activeElement) ? document.activeElement.dataset.code : null;
   body.innerHTML = html;
   for (const b of body.querySelectorAll("button[data-code]")) b.addEventListener("click", () => open(b.dataset.code));
+  if (focused) { const b = body.querySelector(`button[data-code="${focused}"]`); if (b) b.focus(); }
 }
 
 async function loadHistory(code) {
@@ -499,6 +504,12 @@ function renderAll() {
     renderDetail();
     renderChart();
     if (!state.history) loadHistory(state.selected);
+    if (!state.firstRender) {
+      // The map, headline and table show the first estimate: what bench/map_page.py times.
+      state.firstRender = true;
+      performance.mark("hashatlas-first-render");
+      document.body.dataset.rendered = "true";
+    }
   });
 }
 
@@ -513,8 +524,11 @@ function follow() {
   source.addEventListener("open", () => setLive(true, "live"));
   source.addEventListener("estimate", (ev) => {
     state.lastEventAt = Date.now();
+    state.events += 1;
+    document.body.dataset.events = state.events;
     acceptSnapshot(JSON.parse(ev.data));
-    setLive(true, `live · updated ${utc(state.snapshot.as_of)}`);
+    if (state.snapshot.stale) setLive(false, "connected · feed stale");
+    else setLive(true, `live · updated ${utc(state.snapshot.as_of)}`);
   });
   source.addEventListener("alert", () => loadAlerts());
   source.addEventListener("error", () => setLive(false, "reconnecting…"));
