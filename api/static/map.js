@@ -519,8 +519,9 @@ function setLive(ok, text) {
   live.textContent = text;
 }
 
-function follow() {
-  const source = new EventSource("/v1/stream");
+let source = null;
+function connect() {
+  source = new EventSource("/v1/stream");
   source.addEventListener("open", () => setLive(true, "live"));
   source.addEventListener("estimate", (ev) => {
     state.lastEventAt = Date.now();
@@ -532,6 +533,14 @@ function follow() {
   });
   source.addEventListener("alert", () => loadAlerts());
   source.addEventListener("error", () => setLive(false, "reconnecting…"));
+}
+
+function follow() {
+  connect();
+  // Close the stream when the page is left: an open stream would hold one of the browser's
+  // few connections to this host (and keep the page out of the back/forward cache).
+  window.addEventListener("pagehide", () => { if (source) source.close(); source = null; });
+  window.addEventListener("pageshow", (ev) => { if (ev.persisted && !source) connect(); });
   // History points arrive once a minute: refresh the chart's line now and then.
   setInterval(() => loadHistory(state.selected), 30000);
   // No estimate for a while: the API marks the stored snapshot stale, so ask it.
@@ -548,15 +557,19 @@ function follow() {
 }
 
 async function main() {
-  state.codes = await getJSON("/static/codes.json");
+  // Everything the first render needs, requested at once.
+  const [codes, world, current, alerts] = await Promise.allSettled([
+    getJSON("/static/codes.json"), loadView("world"), getJSON("/v1/estimates/current"),
+    getJSON("/v1/alerts?limit=20")]);
+  if (codes.status === "rejected") throw codes.reason;
+  if (world.status === "rejected") throw world.reason;
+  state.codes = codes.value;
   await showView("world");
-  try {
-    state.lastEventAt = Date.now();
-    acceptSnapshot(await getJSON("/v1/estimates/current"));
-  } catch (err) {
-    setLive(false, "no estimate published yet");
-  }
-  await loadAlerts();
+  state.lastEventAt = Date.now();
+  if (current.status === "fulfilled") acceptSnapshot(current.value);
+  else setLive(false, "no estimate published yet");
+  if (alerts.status === "fulfilled") renderAlerts(alerts.value.alerts);
+  else await loadAlerts();
   follow();
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") back(); });
   document.body.dataset.ready = "true";
