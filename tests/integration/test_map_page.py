@@ -62,7 +62,10 @@ class LivePipeline:
 def shocked_scenario(path: Path) -> Path:
     # Edited as text: a YAML round trip would turn Norway's `NO` into false.
     text = (PROJECT_ROOT / "scenarios" / "steady.yaml").read_text()
+    # Provinces of China and Canada too, so that their drill-downs have something to draw.
     edits = {"\nduration: 1d\n": f"\nduration: {int(SPAN_S)}s\n",
+             "\n  CN: 13.84\n": "\n  CN-XJ: 4.0\n  CN-SC: 1.5\n  CN: 8.34\n",
+             "\n  CA: 2.935\n": "\n  CA-QC: 1.2\n  CA-AB: 0.5\n  CA: 1.235\n",
              "\nshocks: []": (f"\nshocks:\n  - {{name: map-test-blackout, kind: blackout, "
                               f"region: {SHOCK_REGION}, at: 15m, over: 1m, factor: 0.1}}")}
     for old, new in edits.items():
@@ -210,6 +213,7 @@ def test_map_draws_every_country_and_the_subdivisions_with_data(
         "return [...document.querySelectorAll('#map path.region[data-share]')]"
         ".map(p => p.dataset.code)"))
     assert drawn == states
+    states |= {"CN-XJ", "CN-SC", "CA-QC", "CA-AB"}
     assert len(page.find_elements(By.CSS_SELECTOR, "#map path.region")) >= 51
     assert "United States" in page.find_element(By.ID, "detail-title").text
     texas = page.find_element(By.CSS_SELECTOR, '#map path.region[data-code="US-TX"]')
@@ -222,6 +226,21 @@ def test_map_draws_every_country_and_the_subdivisions_with_data(
     page.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     wait_until(lambda: len(page.find_elements(By.CSS_SELECTOR, "#map path.region")) == 177, 5,
                "the world map again after Escape")
+    # China's and Canada's provinces, the same way.
+    for country, provinces in (("CN", {"CN-XJ", "CN-SC"}), ("CA", {"CA-QC", "CA-AB"})):
+        path = page.find_element(By.CSS_SELECTOR, f'#map path.region[data-code="{country}"]')
+        page.execute_script("arguments[0].focus()", path)
+        path.send_keys(Keys.ENTER)
+        wait_until(lambda c=country: page.find_elements(
+            By.CSS_SELECTOR, f'#map path.region[data-code^="{c}-"]'), 5, f"the {country} map")
+        drawn = set(page.execute_script(
+            "return [...document.querySelectorAll('#map path.region[data-share]')]"
+            ".map(p => p.dataset.code)"))
+        assert drawn == provinces, (country, drawn)
+        screenshot(page, tmp_path, f"{country.lower()}-provinces", docs=country == "CN")
+        page.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        wait_until(lambda: len(page.find_elements(By.CSS_SELECTOR, "#map path.region")) == 177,
+                   5, "the world map again after Escape")
     # The text table lists every region and subdivision.
     rows = page.execute_script(
         "return [...document.querySelectorAll('#regions-table tbody tr')].map(r => r.dataset.code)")
