@@ -52,9 +52,9 @@ def main() -> None:
     countries = {}
     for geometry in world["objects"]["countries"]["geometries"]:
         if "id" in geometry:
-            country = pycountry.countries.get(numeric=geometry["id"])
-            if country is not None:
-                countries[geometry["id"]] = country.alpha_2
+            found = pycountry.countries.get(numeric=geometry["id"])
+            if found is not None:
+                countries[geometry["id"]] = found.alpha_2
     us_names = {sub.name: sub.code for sub in pycountry.subdivisions.get(country_code="US")}
     states = {}
     for geometry in json.loads(STATES.read_text())["objects"]["states"]["geometries"]:
