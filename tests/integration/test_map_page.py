@@ -299,6 +299,20 @@ def test_a_regional_alert_appears_on_the_page(page: Any, pipeline: LivePipeline,
     screenshot(page, tmp_path, "alert", docs=True)
 
 
+def test_usable_on_a_phone_sized_window(page: Any, tmp_path: Path) -> None:
+    page.set_window_size(390, 844)
+    try:
+        time.sleep(1)
+        width = page.execute_script("return document.documentElement.clientWidth")
+        # Nothing wider than the screen but the table, which scrolls inside its own box.
+        assert page.execute_script("return document.documentElement.scrollWidth") <= width
+        map_box = page.find_element(By.ID, "map").rect
+        assert 0 < map_box["width"] <= width
+        screenshot(page, tmp_path, "phone", docs=True)
+    finally:
+        page.set_window_size(1280, 1000)
+
+
 def test_the_stale_banner_appears_when_the_feed_stops(page: Any, pipeline: LivePipeline,
                                                       tmp_path: Path) -> None:
     pipeline.simulator.stop()
