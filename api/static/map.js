@@ -205,6 +205,7 @@ async function showView(name) {
   const codes = state.codes[view.codes];
   for (const feature of collection.features) {
     const el = pathElement(path(feature), "region");
+    el.setAttribute("tabindex", "-1");  // until renderMap knows whether it has data
     const code = codes[feature.id] || null;
     el.dataset.name = feature.properties.name || "";
     if (code) el.dataset.code = code;
@@ -256,7 +257,8 @@ function renderMap() {
     } else {
       el.classList.add("nodata");
       el.style.fill = "";
-      el.removeAttribute("tabindex");
+      // Not a tab stop (Chromium would make it one: SVG elements with focus listeners are).
+      el.setAttribute("tabindex", "-1");
       el.removeAttribute("role");
       el.setAttribute("aria-label", `${name}: no hashrate reported`);
       delete el.dataset.share;
@@ -440,6 +442,7 @@ function renderChart() {
     const upper = band.map((b) => `${x(b.t)},${y(b.hi)}`), lower = band.map((b) => `${x(b.t)},${y(b.lo)}`).reverse();
     out += `<polygon class="band" points="${[...upper, ...lower].join(" ")}"/>`;
   }
+  if (line.length === 1) out += `<circle class="dot" r="3" cx="${x(line[0].t)}" cy="${y(line[0].v)}"/>`;
   if (line.length) out += `<polyline class="line" points="${line.map((p) => `${x(p.t)},${y(p.v)}`).join(" ")}"/>`;
   svg.innerHTML = out;
   $("chart-caption").textContent = `${label}, last ${HISTORY_SPAN_S / 3600} h: line from ` +
@@ -566,6 +569,10 @@ function follow() {
         acceptSnapshot(await getJSON("/v1/estimates/current"));
       } catch (err) {
         setLive(false, `no estimate (${err.message})`);
+        const banner = $("stale-banner");
+        banner.hidden = false;
+        banner.textContent = `No answer from the API (${err.message}): the figures below are ` +
+          `from ${state.snapshot ? utc(state.snapshot.as_of) : "nowhere yet"}.`;
       }
     }
   }, 2000);

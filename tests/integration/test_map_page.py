@@ -29,6 +29,7 @@ from tests.integration.pipeline_helpers import CliProcess, Compactor, Worker
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
@@ -200,6 +201,17 @@ def test_map_draws_every_country_and_the_subdivisions_with_data(
     assert {"US", "RU", "CN", "CA", "KZ"} <= coloured
     screenshot(page, tmp_path, "world", docs=True)
 
+    # Regions with data are reached with Tab (in the page's order, after the map's level
+    # buttons), those without data are not tab stops.
+    page.execute_script("document.activeElement && document.activeElement.blur()")
+    for _ in range(10):
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        focused = page.switch_to.active_element
+        if focused.tag_name == "path":
+            break
+    assert focused.tag_name == "path" and focused.get_attribute("data-share"), focused.tag_name
+    ActionChains(page).send_keys(Keys.TAB).perform()
+    assert page.switch_to.active_element.get_attribute("data-share")
     # Keyboard drill-down: focus the United States, Enter: the states with data are drawn.
     us = page.find_element(By.CSS_SELECTOR, '#map path.region[data-code="US"]')
     page.execute_script("arguments[0].focus()", us)
