@@ -496,16 +496,31 @@ async function loadAlerts() {
 function renderAlerts(alerts) {
   const list = $("alerts");
   if (!alerts.length) { list.innerHTML = '<li class="muted">none</li>'; return; }
-  list.innerHTML = alerts.map((a) => {
-    const r = entry(a.region);
-    const name = r ? `${r.name} (${a.region})` : a.region;
-    const when = a.state === "firing" ? `since ${utc(a.started_at)}` : `resolved ${utc(a.updated_at || a.detected_at)}`;
-    return `<li class="alert" data-region="${esc(a.region)}" data-state="${esc(a.state)}">` +
-      `<span class="${a.state === "firing" ? "firing" : "resolved"}">${a.state === "firing" ? "▲ firing" : "✓ resolved"}</span> ` +
-      `<button data-code="${esc(a.region)}" class="linklike">${esc(name)}</button>: share ${a.direction} ` +
-      `${a.magnitude_pp > 0 ? "+" : ""}${a.magnitude_pp.toFixed(1)} pp (${pct(a.share_before)} → ${pct(a.share_after)}), ${when}</li>`;
-  }).join("");
+  list.innerHTML = alerts.map(alertItem).join("");
   for (const b of list.querySelectorAll("button[data-code]")) b.addEventListener("click", () => open(b.dataset.code));
+}
+
+function alertItem(a) {
+  const firing = a.state === "firing";
+  const badge = `<span class="${firing ? "firing" : "resolved"}">${firing ? "▲ firing" : "✓ resolved"}</span>`;
+  const changed = utc(a.updated_at || a.detected_at);
+  if (a.type === "pool_divergence") {
+    const expected = a.expected_blocks != null ? a.expected_blocks.toFixed(1) : "?";
+    return `<li class="alert" data-pool="${esc(a.pool)}" data-state="${esc(a.state)}">${badge} ` +
+      `pool ${esc(a.pool)}: ${esc(a.blocks_found)} blocks found, ${expected} expected from its ` +
+      `shares over ${esc(a.window_blocks)} blocks (${esc(String(a.direction).replaceAll("_", " "))}), ` +
+      `${firing ? "since" : "resolved"} ${changed}</li>`;
+  }
+  if (a.type !== "regional_shift" && a.region == null) {
+    return `<li class="alert" data-state="${esc(a.state)}">${badge} ${esc(a.type || "alert")} ${esc(a.id || "")}, ${changed}</li>`;
+  }
+  const r = entry(a.region);
+  const name = r ? `${r.name} (${a.region})` : a.region;
+  const when = firing ? `since ${utc(a.started_at ?? a.detected_at)}` : `resolved ${changed}`;
+  const magnitude = a.magnitude_pp != null
+    ? `${a.magnitude_pp > 0 ? "+" : "−"}${Math.abs(a.magnitude_pp).toFixed(1)} pp (${pct(a.share_before)} → ${pct(a.share_after)}), ` : "";
+  return `<li class="alert" data-region="${esc(a.region)}" data-state="${esc(a.state)}">${badge} ` +
+    `<button data-code="${esc(a.region)}">${esc(name)}</button>: share ${esc(a.direction)} ${magnitude}${when}</li>`;
 }
 
 // ---- live ---------------------------------------------------------------------------------
