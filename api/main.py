@@ -57,7 +57,12 @@ from api.problems import (
 from api.sites import router as sites_router
 from api.sse import KEEPALIVE_S, SSE_MEDIA_TYPE, EventStreamResponse, format_event
 from streams.commands.sites import load_sites
-from streams.contracts import EstimateSnapshot, RegionalShiftAlert, RegionEntry
+from streams.contracts import (
+    EstimateSnapshot,
+    PoolDivergenceAlert,
+    RegionalShiftAlert,
+    RegionEntry,
+)
 from streams.rediskeys import NETWORK_SERIES
 from streams.settings import Settings, get_settings
 
@@ -167,12 +172,16 @@ class Alert(RegionalShiftAlert):
     updated_at: float | None = None
 
 
+class PoolAlert(PoolDivergenceAlert):
+    updated_at: float | None = None
+
+
 class AlertsResponse(BaseModel):
     """Regional-shift alerts, each once in its latest state, newest state change first."""
 
     model_config = ConfigDict(json_schema_extra={"example": {"alerts": [EXAMPLE_ALERT]}})
 
-    alerts: list[Alert]
+    alerts: list[Alert | PoolAlert]
 
 
 class Health(BaseModel):
@@ -759,6 +768,9 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(router)
     app.include_router(sites_router)
+    from api.pools import router as pools_router  # imports this module's helpers
+
+    app.include_router(pools_router)
     install_page(app)
     # add_middleware wraps: the last added is the outermost. Outside in: request metrics,
     # CORS (only if origins are configured), the current-estimate fast path, GZip.

@@ -23,6 +23,8 @@ from api.deps import EstimateStore, latest_alert_states
 from api.problems import REDIS_UNAVAILABLE_ERRORS
 from api.sites import SiteCollector
 from streams.commands.sites import shipped_sites
+from streams.core.pools import ALERT_TYPE as POOL_ALERT_TYPE
+from streams.core.pools import OTHER_POOLS, top_pools
 from streams.core.sites import Site
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -115,7 +117,9 @@ class SnapshotCollector:
         redis_up: bool,
         now: float,
         stale_after_s: float,
+        firing_by_pool: Mapping[str, int] | None = None,
     ) -> None:
+        self.firing_by_pool = firing_by_pool or {}
         self.snapshot = snapshot
         self.published_at = published_at
         self.firing_by_region = firing_by_region
@@ -147,6 +151,7 @@ class SnapshotCollector:
         for region in sorted(regions | set(self.firing_by_region)):
             firing.add_metric([region], float(self.firing_by_region.get(region, 0)))
         yield firing
+        yield from pool_metrics(self.snapshot.get("pools") or {}, self.firing_by_pool)
 
     def _network(self, network: Mapping[str, Any]) -> Iterator[Metric]:
         yield from _value_and_bounds(
@@ -264,6 +269,7 @@ async def render_metrics(store: EstimateStore, metrics: RequestMetrics,
     snapshot: dict[str, Any] | None = None
     published_at: float | None = None
     firing: dict[str, int] = {}
+    firing_pools: dict[str, int] = {}
     redis_up = True
     try:
         stored = await store.snapshot()
@@ -275,13 +281,100 @@ async def render_metrics(store: EstimateStore, metrics: RequestMetrics,
             snapshot = orjson.loads(stored.json)
             published_at = stored.published_at
         for alert in latest_alert_states(records):
-            if alert.get("state") == "firing":
+            if alert.get("state") == "firing" and alert.get("type") == POOL_ALERT_TYPE:
+                pool = str(alert.get("pool"))
+                firing_pools[pool] = firing_pools.get(pool, 0) + 1
+            elif alert.get("state") == "firing":
                 region = str(alert.get("region"))
                 firing[region] = firing.get(region, 0) + 1
     domain = CollectorRegistry()
     domain.register(
         SnapshotCollector(snapshot, published_at, firing, redis_up=redis_up, now=time.time(),
-                          stale_after_s=stale_after_s)
+                          stale_after_s=stale_after_s, firing_by_pool=firing_pools)
     )
     domain.register(SiteCollector(shipped_sites() if sites is None else sites, snapshot))
     return generate_latest(metrics.registry) + generate_latest(domain)
+
+
+def pool_metrics(section: Mapping[str, Any], firing_by_pool: Mapping[str, int]
+                 ) -> Iterator[Metric]:
+    """Per-pool gauges from the snapshot's pools section. Labels are bounded: the largest pools
+    and the sampled ones are named, every other pool is summed into `other` (hashrate and work
+    share only: intervals and luck do not add up)."""
+    named = set(top_pools(section))
+    hashrate = GaugeMetricFamily("hashatlas_pool_hashrate_hashes_per_second",
+                                 "Pool hashrate from its share of recent blocks' work, by window "
+                                 "(blocks)", labels=["pool", "window"])
+    lower = GaugeMetricFamily("hashatlas_pool_hashrate_lower_hashes_per_second",
+                              "Lower end of the 95% interval of the pool's hashrate",
+                              labels=["pool", "window"])
+    upper = GaugeMetricFamily("hashatlas_pool_hashrate_upper_hashes_per_second",
+                              "Upper end of the 95% interval of the pool's hashrate",
+                              labels=["pool", "window"])
+    share = GaugeMetricFamily("hashatlas_pool_work_share_ratio",
+                              "Pool's share of the recent blocks' work, by window (blocks)",
+                              labels=["pool", "window"])
+    sample = GaugeMetricFamily("hashatlas_pool_sample_hashrate_hashes_per_second",
+                               "Hashrate the pool's shares show (sampled pools)", labels=["pool"])
+    luck = GaugeMetricFamily("hashatlas_pool_luck_ratio",
+                             "Blocks found / blocks expected from the pool's shares, by window",
+                             labels=["pool", "window"])
+    luck_lower = GaugeMetricFamily("hashatlas_pool_luck_lower_ratio",
+                                   "Lower end of the 95% interval of the pool's luck",
+                                   labels=["pool", "window"])
+    luck_upper = GaugeMetricFamily("hashatlas_pool_luck_upper_ratio",
+                                   "Upper end of the 95% interval of the pool's luck",
+                                   labels=["pool", "window"])
+    diverging = GaugeMetricFamily("hashatlas_pool_diverging",
+                                  "1 if the pool's shares and blocks disagree beyond their joint "
+                                  "interval (sampled pools)", labels=["pool"])
+    other: dict[str, tuple[float, float]] = {}
+    for entry in section.get("pools") or []:
+        pool = str(entry.get("pool"))
+        for window, row in (entry.get("hashrate") or {}).items():
+            if pool not in named:
+                h, w = other.get(window, (0.0, 0.0))
+                other[window] = (h + _number(row.get("hashrate_hs")),
+                                 w + _number(row.get("work_share")))
+                continue
+            _add(hashrate, [pool, window], row.get("hashrate_hs"))
+            _add_interval(lower, upper, [pool, window], row.get("hashrate_ci95_hs"))
+            _add(share, [pool, window], row.get("work_share"))
+        if pool not in named or not entry.get("sampled"):
+            continue
+        _add(sample, [pool], entry.get("sample_hashrate_hs"))
+        for window, row in (entry.get("luck") or {}).items():
+            if row:
+                _add(luck, [pool, window], row.get("luck"))
+                _add_interval(luck_lower, luck_upper, [pool, window], row.get("luck_ci95"))
+        status = (entry.get("validation") or {}).get("status")
+        diverging.add_metric([pool], 1.0 if status == "diverging" else 0.0)
+    for window, (h, w) in sorted(other.items()):
+        hashrate.add_metric([OTHER_POOLS, window], h)
+        share.add_metric([OTHER_POOLS, window], w)
+    yield from (hashrate, lower, upper, share, sample, luck, luck_lower, luck_upper, diverging)
+    yield _gauge("hashatlas_pool_divergence_alerts_firing",
+                 "pool_divergence alerts currently firing", float(sum(firing_by_pool.values())))
+    attribution = section.get("attribution") or {}
+    methods = GaugeMetricFamily("hashatlas_blocks_attribution_work_ratio",
+                                "Share of recent block work attributed by each method",
+                                labels=["method"])
+    for method, row in sorted((attribution.get("methods") or {}).items()):
+        _add(methods, [str(method)], row.get("work_share"))
+    yield methods
+    yield from _optional_gauge("hashatlas_blocks_unknown_work_ratio",
+                               "Share of recent block work attributed to no known pool",
+                               attribution.get("unknown_work_share"))
+    yield from _optional_gauge("hashatlas_blocks_attribution_confidence_ratio",
+                               "Work-weighted mean confidence of the block attributions",
+                               attribution.get("mean_confidence"))
+    price = section.get("hashprice") or {}
+    yield from _optional_gauge("hashatlas_hashprice_sats_per_terahash_day",
+                               "Revenue per TH/s per day over the last 144 blocks (sat)",
+                               price.get("hashprice_sats_th_day"))
+    yield from _optional_gauge("hashatlas_hashvalue_btc_per_petahash_day",
+                               "Revenue per PH/s per day over the last 144 blocks (BTC)",
+                               price.get("hashvalue_btc_ph_day"))
+    yield from _optional_gauge("hashatlas_fpps_revenue_sats_per_terahash_day",
+                               "FPPS payout per TH/s per day before pool fee: next subsidy + "
+                               "mean fees (sat)", price.get("fpps_sats_th_day"))

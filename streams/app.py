@@ -11,6 +11,7 @@ them (regional shares need every pool) and publishes the snapshot.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from redis.exceptions import RedisError
 from streams.contracts import DeadLetter, InvalidEvent
 from streams.core.blocks import load_pool_directory
 from streams.core.electricity import Method, load_electricity_prices, load_hardware
+from streams.core.pools import ATTRIBUTION_CONFIDENCE, hashprice_sats_th_day, pool_groups
 from streams.core.shares import ShareOutcome
 from streams.core.snapshot import EstimationConfig
 from streams.kafka import client_options
@@ -38,6 +40,7 @@ from streams.metrics import (
     OFFSET_REREADS,
     SHARE_BATCHES_APPLIED,
 )
+from streams.outbox import Outbox
 from streams.pipeline_state import (
     Admission,
     ChainPartition,
@@ -73,7 +76,8 @@ class CheckpointedInput(Generic[S]):
     """One input topic's per-partition states, their changelog table and the ack discipline."""
 
     def __init__(self, app: faust.App, settings: Settings, topic: str, partitions: int,
-                 restore: Callable[[bytes | None], S], apply: Callable[[S, bytes | None], object]):
+                 restore: Callable[[bytes | None], S],
+                 apply: Callable[[S, bytes | None, float | None], object]):
         self.app = app
         self.settings = settings
         self.topic_name = topic
@@ -206,7 +210,7 @@ class CheckpointedInput(Generic[S]):
                 reread.add(partition)
                 continue
             try:
-                outcome = self.apply(state, message.value)
+                outcome = self.apply(state, message.value, message.timestamp)
                 if outcome is ShareOutcome.CREDITED:
                     credited += 1
                 elif isinstance(outcome, ShareOutcome):
@@ -298,6 +302,8 @@ def estimation_config(settings: Settings) -> EstimationConfig:
         method=method,
         suspect_regions=settings.suspect_regions,
         site_capacity_w=site_capacity_w(settings),
+        # pools-v2.json names no parent pool today, so this is empty unless a list adds one.
+        pool_groups=pool_groups(json.loads((DATA_DIR / "pools-v2.json").read_text("utf-8"))),
     )
 
 
@@ -375,6 +381,8 @@ def create_app(settings: Settings) -> faust.App:
         # A killed worker's partitions move after 10 s, not Faust's default 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        consumer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
+        producer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
     )
     keys = RedisKeys(settings.redis_prefix)
     redis = aioredis.Redis.from_url(settings.redis_url)
@@ -440,6 +448,10 @@ def create_app(settings: Settings) -> faust.App:
                 "height": b.height, "hash": b.hash, "time": b.time, "pool": b.pool,
                 "pool_slug": b.pool_slug, "difficulty": b.difficulty, "work": str(b.work),
                 "subsidy_sat": b.subsidy_sat, "fees_sat": b.fees_sat,
+                "attribution_detail": b.attribution_detail,
+                "attribution_confidence": ATTRIBUTION_CONFIDENCE[b.attribution_detail],
+                "hashprice_sats_th_day": (hashprice_sats_th_day(
+                    b.subsidy_sat + b.fees_sat, b.difficulty) if b.fees_sat is not None else None),
             }): b.height for b in recent})
             EVENT_TIME_LAG.labels(settings.topics.blocks).set(time.time() - recent[-1].time)
         pipe.set(keys.partial("blocks"), orjson.dumps(state.summary(COVERAGE_BLOCKS)))
@@ -512,10 +524,10 @@ def create_app(settings: Settings) -> faust.App:
                 time.time() - state.max_event_ts)
         await pipe.execute()
 
-    publisher = SnapshotPublisher(
-        settings, estimation_config(settings), redis,
-        lambda topic, body: app.producer.send(topic, None, body, None, None, None),
-    )
+    outbox = Outbox(lambda topic, body: app.producer.send(topic, None, body, None, None, None),
+                    capacity=settings.leader_outbox_capacity,
+                    latest_only=[settings.topics.estimates])
+    publisher = SnapshotPublisher(settings, estimation_config(settings), redis, outbox.send)
 
     @app.timer(interval=settings.snapshot_interval_s, on_leader=True)
     async def publish_snapshot() -> None:

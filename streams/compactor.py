@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -38,6 +39,7 @@ from streams.contracts import (
     InvalidEvent,
     ShareBatchEvent,
     ShareEvent,
+    decision_time,
     decode_input,
     latest_event_time,
 )
@@ -153,10 +155,13 @@ class ShareCompactor:
 
         The fast path (a plain accepted share, no id, known labels) is inlined here with every
         name bound locally: it runs once per share, and the per-message cost sets the
-        compactor's rate. Event times are bounded by the clock read once per call (one poll).
+        compactor's rate. Event times are bounded against each record's Kafka timestamp (the
+        clock, read once per call, for a record without one), so a replay decides the same.
         """
         now = self.clock()
-        latest = latest_event_time(now, self.settings.max_future_skew_s)
+        skew = self.settings.max_future_skew_s
+        latest_now = latest_event_time(now, skew)
+        latest_ever = latest_event_time(math.inf, 0.0)
         pending = self.pending
         add_key, add_ts, add_diff = (pending.key_ids.append, pending.ts.append,
                                      pending.difficulty.append)
@@ -165,6 +170,8 @@ class ShareCompactor:
         loads, decode_error, number = orjson.loads, orjson.JSONDecodeError, _NUMBER
         for message in messages:
             raw = message.value
+            stamp = message.timestamp
+            latest = min(stamp * 0.001 + skew, latest_ever) if stamp > 0 else latest_now
             payload: Any = None
             if raw is not None and len(raw) <= max_bytes:
                 try:
@@ -192,7 +199,8 @@ class ShareCompactor:
                         add_ts(float(ts))
                         add_diff(float(diff))
                         continue
-            self._ingest_slow(raw, topic, partition, message.offset, now)
+            self._ingest_slow(raw, topic, partition, message.offset,
+                              decision_time(stamp * 0.001, now))
 
     def _ingest_slow(self, raw: bytes | None, topic: str, partition: int, offset: int,
                      now: float) -> None:
@@ -337,6 +345,7 @@ class ShareCompactor:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8_388_608,
             fetch_max_bytes=67_108_864,
+            metadata_max_age_ms=int(self.settings.metadata_max_age_s * 1000),
         )
         self.consumer.subscribe([self.topics.shares], listener=_FlushOnRevoke(self))
         await self.consumer.start()

@@ -196,6 +196,13 @@ INPUT_TAGS = frozenset({"share", "share_batch", "block", "price"})
 InputEventT = ShareEvent | ShareBatchEvent | BlockEvent | PriceEvent
 
 
+def decision_time(record_time_s: float | None, wall_now: float) -> float:
+    """The "now" an event's future-time bound is taken against: its Kafka record's timestamp
+    (set when it was produced or appended, fixed with the record) so that a replay decides as
+    the first reading did; the wall clock only for a record without one."""
+    return record_time_s if record_time_s is not None and record_time_s > 0 else wall_now
+
+
 def latest_event_time(now: float, max_future_skew_s: float) -> float:
     """The latest event time accepted at wall-clock ``now``: a little clock skew is tolerated,
     but a time further ahead would make every real event behind it late (and none is valid
@@ -320,6 +327,24 @@ class RegionalShiftAlert(BaseModel):
     magnitude_pp: float
     relative_change: float
     score: float
+    state: Literal["firing", "resolved"]
+
+
+class PoolDivergenceAlert(BaseModel):
+    """A sampled pool whose shares and blocks disagree beyond their joint interval (#15)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["pool_divergence"] = "pool_divergence"
+    id: str
+    pool: str
+    direction: Literal["blocks_above_shares", "blocks_below_shares"]
+    detected_at: float
+    window_blocks: int
+    blocks_found: int
+    expected_blocks: float
+    luck: float | None
+    p_value: float
     state: Literal["firing", "resolved"]
 
 

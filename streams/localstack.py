@@ -234,8 +234,13 @@ def _redis_ping(service: Service) -> bool:
         return False
 
 
-def _kafka_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def kafka_cluster_id() -> str:
+    """A random cluster id as Kafka writes them (URL-safe base64 of 16 bytes), never starting
+    with '-': the storage tool would read it as an option (1 start in 64 failed so)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def start_kafka(settings: Settings) -> None:
@@ -265,7 +270,7 @@ def start_kafka(settings: Settings) -> None:
         data.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             [java, *log_opts, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", _kafka_cluster_id(), "-c", str(config)],
+             "-t", kafka_cluster_id(), "-c", str(config)],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
@@ -316,6 +321,19 @@ def topic_plan(settings: Settings) -> dict[str, int]:
     }
 
 
+def topic_config(settings: Settings, name: str) -> dict[str, str] | None:
+    """Per-topic settings: history steps and alerts, which Redis is rebuilt from, are kept as
+    long as history; the input topics stamp records when the broker appends them, so the bound
+    on event times ahead of the clock (taken against the record's timestamp) does not depend
+    on a producer's clock."""
+    topics = settings.topics
+    if name in (topics.history, topics.alerts):
+        return {"retention.ms": str(int(settings.history_retention_s * 1000))}
+    if name in (topics.shares, topics.blocks, topics.market):
+        return {"message.timestamp.type": "LogAppendTime"}
+    return None
+
+
 async def create_topics(settings: Settings, plan: dict[str, int] | None = None) -> list[str]:
     """Create missing topics with their partition counts; existing ones are left alone."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -325,11 +343,7 @@ async def create_topics(settings: Settings, plan: dict[str, int] | None = None) 
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        # History steps and alerts are what Redis is rebuilt from: keep them as long as history.
-        retention = {"retention.ms": str(int(settings.history_retention_s * 1000))}
-        kept = {settings.topics.history, settings.topics.alerts}
-        missing = [NewTopic(name, partitions, 1,
-                            topic_configs=retention if name in kept else None)
+        missing = [NewTopic(name, partitions, 1, topic_configs=topic_config(settings, name))
                    for name, partitions in plan.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)

@@ -68,6 +68,12 @@ COMPACTOR_OVERFLOW_SHARES = Counter(
 )
 for _state in ("firing", "resolved"):  # exported at 0 before the first alert
     ALERTS_PUBLISHED.labels(_state)
+POOL_DIVERGENCE_ALERTS = Counter(
+    "hashatlas_pool_divergence_alerts_published_total",
+    "Pool divergence alert state changes (a pool's shares and blocks disagree)", ["state"]
+)
+for _state in ("firing", "resolved"):
+    POOL_DIVERGENCE_ALERTS.labels(_state)
 CHECKPOINTS = Counter(
     "hashatlas_checkpoints_total", "Partition state checkpoints written to the changelog"
 )

@@ -26,6 +26,7 @@ from streams.contracts import (
     MAX_TIMESTAMP,
     InvalidEvent,
     ShareBatchEvent,
+    decision_time,
     decode_input,
     latest_event_time,
 )
@@ -197,8 +198,10 @@ class ShareBatchPartition:
                 pool = OVERFLOW_POOL
         return pool, region, overflow
 
-    def apply(self, raw: bytes | None) -> ShareOutcome:
-        """Credit one ``share_batch`` message; raise InvalidEvent for anything else.
+    def apply(self, raw: bytes | None, record_time_s: float | None = None) -> ShareOutcome:
+        """Credit one ``share_batch`` message; raise InvalidEvent for anything else. Its times
+        are bounded against ``record_time_s`` (the Kafka record's timestamp, see
+        ``decision_time``).
 
         Its cost per message bounds the worker's rate, so a plainly valid batch (see
         `plain_batch_fields`) is read without the contract model, several times cheaper; every
@@ -206,7 +209,7 @@ class ShareBatchPartition:
         """
         if raw is None:
             raise InvalidEvent("$", "empty message (no value)")
-        now = time.time()
+        now = decision_time(record_time_s, time.time())
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -300,10 +303,10 @@ class ChainPartition:
     last_checkpoint: float = 0.0
     changed: bool = True  # Redis copies need (re)writing: new blocks, or just restored
 
-    def apply(self, raw: bytes | None) -> BlockFacts:
+    def apply(self, raw: bytes | None, record_time_s: float | None = None) -> BlockFacts:
         if raw is None:
             raise InvalidEvent("$", "empty message (no value)")
-        event = decode_input(raw)
+        event = decode_input(raw, now=decision_time(record_time_s, time.time()))
         if event.type != "block":
             raise InvalidEvent("type", f"expected block, got {event.type}")
         try:
@@ -365,7 +368,22 @@ class ChainPartition:
             "coverage_works": works.tolist(),
             "pool_blocks": {str(p): int(c) for p, c in zip(*np.unique(pools, return_counts=True),
                                                       strict=True)},
+            **pool_columns(chain.blocks(coverage_blocks)),
         }
+
+
+def pool_columns(blocks: list[BlockFacts]) -> dict[str, Any]:
+    """Per block of the coverage window, what the pools section needs (oldest first)."""
+    return {
+        "coverage_heights": [b.height for b in blocks],
+        "coverage_times": [b.time for b in blocks],
+        "coverage_difficulties": [b.difficulty for b in blocks],
+        "coverage_details": [b.attribution_detail for b in blocks],
+        "coverage_conflicts": [b.conflicting_pool_slug for b in blocks],
+        "coverage_subsidies": [b.subsidy_sat for b in blocks],
+        "coverage_fees": [b.fees_sat for b in blocks],
+        "pool_names": {b.pool_slug: b.pool for b in blocks},
+    }
 
 
 @dataclass
@@ -380,10 +398,10 @@ class MarketPartition:
     last_checkpoint: float = 0.0
     changed: bool = True
 
-    def apply(self, raw: bytes | None) -> None:
+    def apply(self, raw: bytes | None, record_time_s: float | None = None) -> None:
         if raw is None:
             raise InvalidEvent("$", "empty message (no value)")
-        event = decode_input(raw)
+        event = decode_input(raw, now=decision_time(record_time_s, time.time()))
         if event.type != "price":
             raise InvalidEvent("type", f"expected price, got {event.type}")
         if event.ts >= self.ts:

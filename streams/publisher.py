@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from streams.core.pools import ALERT_TYPE as POOL_ALERT_TYPE
+from streams.core.pools import PoolMemory, pool_history_points
 from streams.core.shifts import ShiftDetector
 from streams.core.snapshot import (
     EstimationConfig,
@@ -26,7 +28,12 @@ from streams.core.snapshot import (
     merge_partials,
     shares_for_detection,
 )
-from streams.metrics import ALERTS_PUBLISHED, SNAPSHOT_PUBLISH_SECONDS, SNAPSHOTS_PUBLISHED
+from streams.metrics import (
+    ALERTS_PUBLISHED,
+    POOL_DIVERGENCE_ALERTS,
+    SNAPSHOT_PUBLISH_SECONDS,
+    SNAPSHOTS_PUBLISHED,
+)
 from streams.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
@@ -74,7 +81,23 @@ class SnapshotPublisher:
             if from_kafka is not None and self.last_step is None:
                 self._restore(from_kafka)
             await self.redis.set(self.keys.leader, self._leader_state())
+        await self._restore_pools()
         self._loaded = True
+
+    @property
+    def _pools_key(self) -> str:
+        # Its own key, not the leader state: the luck ledger (~2016 heights × sampled pools) is
+        # too large to repeat in every history message; after a Redis loss luck refills.
+        return f"{self.keys.prefix}:pools:memory"
+
+    async def _restore_pools(self) -> None:
+        raw = await self.redis.get(self._pools_key)
+        if raw is None:
+            return
+        try:
+            self.memory.pools = PoolMemory.from_state(orjson.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("pool luck memory in Redis unusable (%s): starting it afresh", exc)
 
     def _leader_state(self) -> bytes:
         return orjson.dumps({
@@ -132,6 +155,7 @@ class SnapshotPublisher:
         if self.last_step is None or step_t > self.last_step:
             if snapshot["network"]["hashrate_hs"] is not None:
                 step_points = history_points(snapshot, step_t)
+                step_points.update(pool_history_points(snapshot.get("pools") or {}, step_t))
                 for series, point in step_points.items():
                     key = self.keys.history(series)
                     pipe.zremrangebyscore(key, step_t, step_t)
@@ -141,6 +165,8 @@ class SnapshotPublisher:
                 alerts = self.detector.update(step_t, shares_for_detection(snapshot))
             self.last_step = step_t
             pipe.set(self.keys.leader, self._leader_state())
+            pipe.set(self._pools_key, orjson.dumps(self.memory.pools.to_state()))
+        alerts.extend(self.memory.pools.drain_alerts())
         alerts = [{**alert, "updated_at": now,
                    "changed_at": alert["detected_at"] if alert["state"] == "firing" else step_t}
                   for alert in alerts]
@@ -157,7 +183,9 @@ class SnapshotPublisher:
             }))
         for alert in alerts:
             await self.send(self.settings.topics.alerts, orjson.dumps(alert))
-            ALERTS_PUBLISHED.labels(alert["state"]).inc()
+            counter = (POOL_DIVERGENCE_ALERTS if alert.get("type") == POOL_ALERT_TYPE
+                       else ALERTS_PUBLISHED)
+            counter.labels(alert["state"]).inc()
             if self.webhook is not None:
                 self.webhook.offer(alert)
         SNAPSHOTS_PUBLISHED.inc()

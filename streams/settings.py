@@ -90,11 +90,17 @@ class Settings(BaseSettings):
     #: ``other`` until the next flush, so a label flood cannot exhaust its memory.
     max_compactor_keys: int = Field(default=100_000, ge=1)
     checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
+    #: How often Kafka clients refresh topic metadata: a topic or partition created after a
+    #: worker joined is read within this long (aiokafka's default is 5 minutes).
+    metadata_max_age_s: float = Field(default=5.0, gt=0.0)
     # A worker assigned partitions whose changelog recovery has not finished after this long
     # stops (see streams.app crash_if_recovery_stalls); run workers under a supervisor.
     recovery_stall_s: float = Field(default=90.0, gt=0.0)
     settle_s: float = Field(default=2.0, ge=0.0)
     snapshot_interval_s: float = Field(default=0.5, gt=0.0)
+    #: History steps and alerts the snapshot leader holds while Kafka does not take them
+    #: (beyond, the oldest is dropped and counted); estimates keep only the newest.
+    leader_outbox_capacity: int = Field(default=10_000, ge=1)
     stale_after_s: float = Field(default=30.0, gt=0.0)
     history_step_s: float = Field(default=60.0, gt=0.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)

@@ -20,6 +20,7 @@ from streams.core.blocks import (
     describe_block,
     load_pool_directory,
 )
+from streams.core.pools import ATTRIBUTION_CONFIDENCE, hashprice_sats_th_day
 
 DEFAULT_POOLS_FILE = Path(__file__).resolve().parents[1] / "data" / "pools-v2.json"
 EXIT_BAD_INPUT = 2
@@ -61,6 +62,13 @@ def facts_to_json(facts: BlockFacts) -> dict[str, Any]:
         "work": facts.work,
         "subsidy_sat": facts.subsidy_sat,
         "fees_sat": facts.fees_sat,
+        "attribution_detail": facts.attribution_detail,
+        "attribution_confidence": ATTRIBUTION_CONFIDENCE[facts.attribution_detail],
+        "conflicting_pool_slug": facts.conflicting_pool_slug,
+        # This block's subsidy + fees at its difficulty, as if every block of a day paid the same.
+        "hashprice_sats_th_day": (
+            hashprice_sats_th_day(facts.subsidy_sat + facts.fees_sat, facts.difficulty)
+            if facts.fees_sat is not None else None),
     }
 
 

@@ -1,4 +1,9 @@
-"""`hashatlas evaluate --truth FILE`: how close the pipeline came to a simulation's truth."""
+"""`hashatlas evaluate`: how close the pipeline came to a simulation's truth.
+
+Two modes: ``--truth FILE --from-redis|--from-api URL`` compares what a live pipeline published
+with a simulation's truth; ``--scenario FILE --worlds N`` runs N seeds of a scenario offline
+through the workers' code (``streams.sim.worlds``) and prints calibration tables.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="compare the pipeline's estimates and alerts with a simulation's truth",
         description="Read the truth written by `hashatlas simulate --truth` and the estimates "
         "the pipeline published for the same span (from Redis or the HTTP API); print share and "
-        "hashrate errors per region, detection delay per shock, misses and false alarms.",
+        "hashrate errors per region, detection delay per shock, misses and false alarms. "
+        "Or, with --scenario, run --worlds seeds of a scenario offline (no Kafka, no Redis) "
+        "through the workers' code and print how often every served interval held the truth.",
     )
-    parser.add_argument("--truth", type=Path, required=True, metavar="FILE.jsonl")
-    source = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--truth", type=Path, default=None, metavar="FILE.jsonl")
+    parser.add_argument("--scenario", type=Path, default=None, metavar="FILE.yaml",
+                        help="offline mode: the scenario to run many worlds of")
+    parser.add_argument("--worlds", type=int, default=None, metavar="N",
+                        help="offline mode: number of independent worlds (seeds), default 100")
+    parser.add_argument("--seed", type=int, default=1, metavar="S",
+                        help="offline mode: base seed (world i uses a seed derived from S and i)")
+    parser.add_argument("--detect-worlds", type=int, default=0, metavar="K",
+                        help="offline mode: also run K worlds end to end with a snapshot every "
+                        "history step into the shift detector (delay, misses, false alarms)")
+    parser.add_argument("--partitions", type=int, default=2, metavar="P",
+                        help="offline mode: share partitions the pools are spread over")
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--from-redis", action="store_true",
                         help="read history and alerts from Redis (HASHATLAS_REDIS_URL, _PREFIX)")
     source.add_argument("--from-api", metavar="URL",
@@ -34,13 +52,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--min-change-pp", type=float, default=None, metavar="PP",
                         help="smallest true change of a country's share an alert must catch "
                         "(default 1.0)")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json")
+    parser.add_argument("--json", type=Path, nargs="?", const=Path("-"), default=None,
+                        metavar="OUT.json", help="also write the report as JSON to OUT.json "
+                        "(with --scenario and no file: print JSON instead of the tables)")
     parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
                         help="plot truth vs estimate (needs matplotlib)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.scenario is not None:
+        return run_worlds(args)
+    if args.truth is None or not (args.from_redis or args.from_api):
+        print("error: give --truth FILE with --from-redis or --from-api URL, "
+              "or --scenario FILE --worlds N", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from streams.settings import get_settings
     from streams.sim import evaluate as ev
 
@@ -73,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         options["warmup_s"] = args.warmup
     if args.min_change_pp is not None:
         options["min_change_pp"] = args.min_change_pp
+    if args.json == Path("-"):
+        print("error: --json needs a file name here", file=sys.stderr)
+        return EXIT_BAD_INPUT
     report = ev.evaluate(truth, history, alerts, snapshots, **options)
     print(ev.format_report(report))
     if args.json is not None:
@@ -82,4 +111,37 @@ def run(args: argparse.Namespace) -> int:
             ev.write_plot(report, truth, history, args.plot)
         except ImportError:
             print("warning: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+    return 0
+
+
+def run_worlds(args: argparse.Namespace) -> int:
+    """Offline mode: calibration over many worlds of one scenario."""
+    from streams.settings import get_settings
+    from streams.sim import worlds
+    from streams.sim.scenario import ScenarioError, load_scenario
+
+    if args.truth is not None or args.from_redis or args.from_api:
+        print("error: --scenario runs offline; it takes no --truth, --from-redis or --from-api",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        scenario = load_scenario(args.scenario)
+    except (OSError, ScenarioError) as exc:
+        print(f"error: cannot use scenario {args.scenario}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    count = 100 if args.worlds is None else args.worlds
+    if count < 1 or args.detect_worlds < 0 or args.partitions < 1:
+        print("error: --worlds and --partitions must be ≥ 1, --detect-worlds ≥ 0",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    report = worlds.evaluate_worlds(scenario, count, seed=args.seed, settings=get_settings(),
+                                    partitions=args.partitions,
+                                    detect_worlds=args.detect_worlds)
+    body = json.dumps(worlds.worlds_report_json(report), indent=2)
+    if args.json == Path("-"):
+        print(body)
+        return 0
+    print(worlds.format_worlds_report(report))
+    if args.json is not None:
+        args.json.write_text(body, encoding="utf-8")
     return 0

@@ -32,6 +32,10 @@ DIFFICULTY_1_TARGET = 0xFFFF << 208
 DEFAULT_CHAIN_CAPACITY = 4032
 
 AttributionMethod = Literal["address", "tag", "feed", "unknown"]
+#: How the coinbase evidence agreed: payout address and tag naming the same pool ("both"), only
+#: one of them, both naming different pools ("conflict": the address wins, as in mempool's rule),
+#: the feed's word only ("feed"), or nothing ("unknown").
+AttributionDetail = Literal["both", "address", "tag", "conflict", "feed", "unknown"]
 UNKNOWN_POOL_NAME = "Unknown"
 
 
@@ -379,6 +383,26 @@ class PoolDirectory:
                 return self._match(index, "tag")
         return UNKNOWN_POOL
 
+    def evidence(
+        self, addresses: Sequence[str], script_sig: bytes
+    ) -> tuple[PoolMatch | None, PoolMatch | None]:
+        """The pool the payout addresses name and the pool the tags name, each by list order.
+
+        ``attribute`` uses the first that exists; both are kept so that agreement and conflict
+        (a tag copied by another pool, a proxy paying out to its own address) can be judged.
+        """
+        by_address = [
+            self._pool_by_address[a] for a in addresses if a in self._pool_by_address
+        ]
+        address_match = self._match(min(by_address), "address") if by_address else None
+        text = script_sig_text(script_sig)
+        tag_match = next(
+            (self._match(index, "tag") for index, pool in enumerate(self._pools)
+             if any(pattern.search(text) for pattern in pool.tags)),
+            None,
+        )
+        return address_match, tag_match
+
     def lookup(self, name_or_slug: str) -> PoolMatch | None:
         """The listed pool a feed names by name (any case) or slug; None if not listed."""
         index = self._pool_by_key.get(name_or_slug.lower())
@@ -416,6 +440,10 @@ class BlockFacts:
     subsidy_sat: int
     fees_sat: int | None
     coinbase_value_sat: int | None
+    #: Added after the first checkpoints were written: older states restore as "unknown".
+    attribution_detail: AttributionDetail = "unknown"
+    #: When address and tag disagree, the pool the tag named (the evidence against the match).
+    conflicting_pool_slug: str | None = None
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -474,6 +502,8 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
         raise InvalidEvent("pool", "must be a non-empty string")
 
     match = UNKNOWN_POOL
+    detail: AttributionDetail = "unknown"
+    conflicting: str | None = None
     coinbase_value = declared_value
     coinbase_hex = event.get("coinbase_hex")
     if coinbase_hex is not None:
@@ -496,13 +526,17 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
                 if (address := script_to_address(output.script_pubkey)) is not None
             ]
             match = pools.attribute(addresses, coinbase.script_sig)
+            by_address, by_tag = pools.evidence(addresses, coinbase.script_sig)
+            detail, conflicting = attribution_detail(by_address, by_tag)
 
     if match.method == "unknown" and feed_pool is not None:
+        detail = "feed"
         listed = pools.lookup(feed_pool) if pools is not None else None
         if listed is not None:
             match = listed
         elif feed_pool.strip().lower() == UNKNOWN_POOL.slug:
             match = UNKNOWN_POOL
+            detail = "unknown"
         else:
             try:
                 match = PoolMatch(name=feed_pool, slug=pool_slug(feed_pool), method="feed")
@@ -523,7 +557,24 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
         subsidy_sat=block_subsidy_sat(height),
         fees_sat=None if coinbase_value is None else fees_sat(height, coinbase_value),
         coinbase_value_sat=coinbase_value,
+        attribution_detail=detail,
+        conflicting_pool_slug=conflicting,
     )
+
+
+def attribution_detail(
+    by_address: PoolMatch | None, by_tag: PoolMatch | None
+) -> tuple[AttributionDetail, str | None]:
+    """Classify the coinbase evidence; the second item names the tag's pool on a conflict."""
+    if by_address is not None and by_tag is not None:
+        if by_address.slug == by_tag.slug:
+            return "both", None
+        return "conflict", by_tag.slug
+    if by_address is not None:
+        return "address", None
+    if by_tag is not None:
+        return "tag", None
+    return "unknown", None
 
 
 # ---- best chain --------------------------------------------------------------------------------
@@ -582,7 +633,7 @@ class BestChain:
             return ordered
         if n < 0:
             raise ValueError("n must not be negative")
-        return ordered[len(ordered) - n :] if n else []
+        return ordered[max(0, len(ordered) - n) :] if n else []
 
     def heights(self, n: int | None = None) -> npt.NDArray[np.int64]:
         return np.array([b.height for b in self.blocks(n)], dtype=np.int64)

@@ -24,15 +24,23 @@ Var = Σd²·2⁶⁴/T_eff². State is kept per (pool, region, time bucket), nev
   `dedup_capacity` ids are held the oldest buckets' ids are forgotten early, and only then can a
   duplicate be credited twice. A share is judged late before it is judged a duplicate.
 
-Window edges: buckets fully inside [now − T, now] count whole. The bucket holding `now` counts
-whole too: it holds only events up to the latest one seen, so call with `now` at or after the
-events wanted (e.g. the watermark for final figures). The bucket straddling the window start
-counts in proportion to the part of it inside the window — with a constant rate over the bucket
-this is the expected content of that part, so the estimate stays unbiased. The bucket's occupied
-span starts no earlier than the pool's first event (a pool that started mid-bucket filled only
-the rest of it).
+Window edges: each pool's window is [now − T, e], where e is the end of what its feed has
+delivered. A batch states what it covers, so for a pool whose latest event is a batch
+e = min(now, max(end of that batch, watermark)): a pool whose feed lags (its last batch ended
+before `now`) is not divided by time it has not reported yet, and a pool silent for longer than
+the allowed lateness has its silence counted (nothing late can fill it any more). A single share
+states nothing of the time after it; its pool is taken as observed up to the latest event of all
+(or `now` if later), so e = now. Every bucket counts the part of its *occupied span* that lies in
+the window, pro rata: the span starts no earlier than the pool's first event and ends no later
+than what the feed has delivered. With a constant rate over a bucket this is the expected content
+of that part, so the estimate stays unbiased at both edges: the bucket straddling the window
+start, and the bucket holding `now` (which may hold events up to the latest one seen, after
+`now`). Buckets wholly inside count whole. Caveat: a compacted batch ends at its last share, so
+the window of a sparse pool fed through the compactor ends at a share, which biases it up by
+about one share, as a first share would.
 
-Effective time: T_eff = min(T, now − first event of the *pool*). A pool that just started is then
+Effective time: T_eff = e − max(now − T, first event of the *pool*) (= min(T, now − first event)
+when the feed is current). A pool that just started is then
 not under-estimated, and a region that appears inside an old pool is not over-estimated (its
 earlier absence is real information). One refinement over the bare formula: when the window
 reaches back to the pool's first event and that event was a single share, that share is not
@@ -120,6 +128,9 @@ class _RowFacts:
     origin_ts: FloatArray
     origin_share: FloatArray
     share_scale: FloatArray
+    #: Up to when the pool's feed has delivered: its last batch's end, or for a pool whose
+    #: latest event is a single share +inf (observed up to the latest event of all).
+    last_ts: FloatArray
 
 
 @dataclass
@@ -149,8 +160,12 @@ class _PoolClock:
     origin_difficulty: float
     origin_region: str
     last_ts: float
+    #: The latest event was a batch: its end bounds what the feed has delivered. A single share
+    #: is a point of a stream observed up to the latest event of all.
+    last_batch: bool = False
 
-    def take(self, origin_ts: float, difficulty: float, region: str, last_ts: float) -> None:
+    def take(self, origin_ts: float, difficulty: float, region: str, last_ts: float,
+             last_batch: bool = False) -> None:
         """Fold in an event (or another clock): earliest origin wins, latest time is kept."""
         if origin_ts <= self.origin_ts and (origin_ts, -difficulty, region) < (
             self.origin_ts,
@@ -163,7 +178,9 @@ class _PoolClock:
                 region,
             )
         if last_ts > self.last_ts:
-            self.last_ts = last_ts
+            self.last_ts, self.last_batch = last_ts, last_batch
+        elif last_ts == self.last_ts:
+            self.last_batch = self.last_batch and last_batch
 
 
 class _BucketRing:
@@ -218,8 +235,21 @@ class _BucketRing:
                  dsq: float) -> None:
         """Spread totals over the buckets [start, end] overlaps, in proportion to the overlap."""
         first = math.floor(start / self.bucket_s)
-        if first == math.floor(end / self.bucket_s):  # the usual batch: one bucket, no numpy
+        last = math.floor(end / self.bucket_s)
+        if first == last:  # the usual batch: one bucket, no numpy
             self.add_one(row, first, count, dsum, dsq)
+            return
+        if last == first + 1 and end > start:
+            # A batch across one bucket edge (a proxy's batches need not align with the
+            # buckets): `_overlaps` arithmetic without numpy, the same floats.
+            edge = last * self.bucket_s
+            low = (min(edge, end) - max(first * self.bucket_s, start)) / (end - start)
+            high = (end - max(edge, start)) / (end - start)
+            if low > 0.0 and high > 0.0:
+                self.add_one(row, first, low * count, low * dsum, low * dsq)
+                self.add_one(row, last, high * count, high * dsum, high * dsq)
+            else:
+                self.add_one(row, first if low > 0.0 else last, count, dsum, dsq)
             return
         buckets, fractions = _overlaps(start, end, self.bucket_s)
         self.add_many(row, buckets, fractions[:, None] * np.array([[count, dsum, dsq]]))
@@ -581,6 +611,8 @@ class ShareWindows:
                  for clock, region in clocks], dtype=np.float64),
             share_scale=np.where(known, history[:, 2] / np.where(known, history[:, 1], 1.0),
                                  0.0),
+            last_ts=np.array([clock.last_ts if clock.last_batch else math.inf
+                              for clock, _ in clocks], dtype=np.float64),
         )
 
     def _window_sums(
@@ -594,20 +626,26 @@ class ShareWindows:
         slots = buckets % ring.slots
         rows = len(self._row_keys)
         weights = (ring.index[:rows][:, slots] == buckets).astype(np.float64)
-        # The straddled first bucket: the part of its occupied span that lies in the window.
-        span_end = min((first_bucket + 1) * ring.bucket_s, now)
-        span_start = np.maximum(first_bucket * ring.bucket_s, facts.origin_ts)
+        # Each row's window ends where its pool's feed has delivered (module docstring).
+        end = np.minimum(now, np.maximum(facts.last_ts, self.watermark))
+        # Single-share pools are observed up to the latest event of all (or `now` if later).
+        delivered = np.minimum(facts.last_ts, max(self._latest_ts, now))
+        # Every bucket: the part of its occupied span that lies in [start, end].
+        lows = buckets * ring.bucket_s
+        span_start = np.maximum(lows[None, :], facts.origin_ts[:, None])
+        span_end = np.minimum(lows[None, :] + ring.bucket_s, delivered[:, None])
         occupied = span_end - span_start
-        weights[:, 0] *= np.where(
+        inside = (np.minimum(span_end, end[:, None]) - np.maximum(span_start, start))
+        weights *= np.where(
             occupied > 0.0,
-            np.clip((span_end - start) / np.where(occupied > 0.0, occupied, 1.0), 0.0, 1.0),
+            np.clip(inside / np.where(occupied > 0.0, occupied, 1.0), 0.0, 1.0),
             1.0,
         )
         sums = np.einsum("kn,knc->kc", weights, ring.data[:rows][:, slots])
         count, dsum, dsq = sums[:, 0], sums[:, 1], sums[:, 2]
         # A first share inside the window marks the start of observation: not a sample.
         origin = facts.origin_share
-        marker = (origin > 0.0) & (start <= facts.origin_ts) & (facts.origin_ts <= now)
+        marker = (origin > 0.0) & (start <= facts.origin_ts) & (facts.origin_ts <= end)
         if marker.any():
             count = np.where(marker, np.maximum(count - 1.0, 0.0), count)
             dsum = np.where(marker, np.maximum(dsum - origin, 0.0), dsum)
@@ -615,7 +653,7 @@ class ShareWindows:
             emptied = marker & (dsum == 0.0)
             count = np.where(emptied, 0.0, count)
             dsq = np.where(emptied, 0.0, dsq)
-        return count, dsum, dsq, np.minimum(window_s, now - facts.origin_ts)
+        return count, dsum, dsq, np.maximum(end - np.maximum(start, facts.origin_ts), 0.0)
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -682,7 +720,8 @@ class ShareWindows:
                 for (pool, region), row in self._rows.items()
             ],
             "pools": {
-                pool: [c.origin_ts, c.origin_difficulty, c.origin_region, c.last_ts]
+                pool: [c.origin_ts, c.origin_difficulty, c.origin_region, c.last_ts,
+                       c.last_batch]
                 for pool, c in self._pools.items()
             },
             "latest_ts": None if math.isinf(self._latest_ts) else self._latest_ts,
@@ -701,11 +740,12 @@ class ShareWindows:
             row = windows._row(str(entry["pool"]), str(entry["region"]))
             windows._fine.load_row(row, entry["fine"])
             windows._coarse.load_row(row, entry["coarse"])
-        for pool, (origin_ts, origin_difficulty, origin_region, last_ts) in state[
+        for pool, (origin_ts, origin_difficulty, origin_region, last_ts, *rest) in state[
             "pools"
-        ].items():
+        ].items():  # states written before `last_batch` have four fields
             windows._pools[str(pool)] = _PoolClock(
-                float(origin_ts), float(origin_difficulty), str(origin_region), float(last_ts)
+                float(origin_ts), float(origin_difficulty), str(origin_region), float(last_ts),
+                bool(rest[0]) if rest else False,
             )
         latest, next_expiry = state["latest_ts"], state["next_expiry"]
         windows._latest_ts = -math.inf if latest is None else float(latest)
@@ -761,9 +801,10 @@ class ShareWindows:
         than the coarse retention starts afresh (its old origin says nothing any more)."""
         clock = self._pools.get(pool)
         if clock is None or origin_ts - clock.last_ts > self.coarse_retention_s:
-            self._pools[pool] = _PoolClock(origin_ts, difficulty, region, event_ts)
+            self._pools[pool] = _PoolClock(origin_ts, difficulty, region, event_ts,
+                                           difficulty == 0.0)
         else:
-            clock.take(origin_ts, difficulty, region, event_ts)
+            clock.take(origin_ts, difficulty, region, event_ts, difficulty == 0.0)
 
     def _note_pool_events(
         self, pool: str, region: str, times: FloatArray, diffs: FloatArray
@@ -787,10 +828,12 @@ class ShareWindows:
         clock = self._pools.get(pool)
         if clock is None:
             self._pools[pool] = _PoolClock(
-                other.origin_ts, other.origin_difficulty, other.origin_region, other.last_ts
+                other.origin_ts, other.origin_difficulty, other.origin_region, other.last_ts,
+                other.last_batch,
             )
         else:
-            clock.take(other.origin_ts, other.origin_difficulty, other.origin_region, other.last_ts)
+            clock.take(other.origin_ts, other.origin_difficulty, other.origin_region, other.last_ts,
+                       other.last_batch)
 
     def _batch_fault(self, start: float, end: float, values: tuple[float, ...]) -> str:
         """Why `add_batch` refuses a batch, the first rule broken in this order."""

@@ -34,6 +34,7 @@ from streams.core.network import (
     coverage_from_blocks,
     nowcast_network_hashrate,
 )
+from streams.core.pools import PoolMemory, pools_section
 from streams.core.regions import (
     RegionShare,
     Weighting,
@@ -137,6 +138,8 @@ class EstimationConfig:
     #: Energised mining capacity (W) of the site registry per country and subdivision, the
     #: denominator of the snapshot's ``site_utilisation`` (empty: no utilisation).
     site_capacity_w: Mapping[str, float] = field(default_factory=dict)
+    #: Pools that mine for another (slug → parent slug), for the pools section's grouping.
+    pool_groups: Mapping[str, str] = field(default_factory=dict)
 
 
 def implausible_pools(
@@ -172,6 +175,7 @@ class SnapshotMemory:
 
     threshold_j_gh: float | None = None
     threshold_at: float | None = None
+    pools: PoolMemory = field(default_factory=PoolMemory)
 
     def smoothed_threshold(self, value: float, at: float) -> float:
         if self.threshold_j_gh is None or self.threshold_at is None or at <= self.threshold_at:
@@ -359,6 +363,10 @@ def build_snapshot(
         },
         "regions": entries(countries),
         "subdivisions": entries(subdivisions),
+        "pools": pools_section(sample.as_of, sample.windows, chain,
+                               network.hashrate_hs if network else None,
+                               network.ci95_hs if network else None, btc_usd, memory.pools,
+                               config.pool_groups),
     }
     snapshot["site_utilisation"] = site_utilisation_of(snapshot, config.site_capacity_w)
     return snapshot

@@ -62,6 +62,9 @@ HANDSHAKE_RANK: Final[dict[str, int]] = {
 
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
 _HEX8 = re.compile(r"^[0-9a-fA-F]{8}$")
+#: A version-rolling mask as pools write it: 8 hex digits, some with a ``0x`` prefix (npm
+#: ``stratum-pool-sha256``) or without leading zeros.
+_VERSION_MASK = re.compile(r"^(?:0[xX])?([0-9a-fA-F]{1,8})$")
 
 JsonId = int | str | None
 
@@ -286,15 +289,20 @@ def parse_configure_result(result: Any) -> str | None:
     """The version-rolling mask the pool granted (8 hex digits), or None when it did not."""
     if not isinstance(result, dict) or result.get("version-rolling") is not True:
         return None
-    mask = result.get("version-rolling.mask")
-    return mask.lower() if isinstance(mask, str) and _is_hex8(mask) else None
+    return _version_mask(result.get("version-rolling.mask"))
 
 
 def parse_version_mask(params: list[Any]) -> str:
-    if not params or not _is_hex8(params[0]):
+    mask = _version_mask(params[0]) if params else None
+    if mask is None:
         raise ProtocolError("mining.set_version_mask needs 8 hex digits")
-    mask: str = params[0]
-    return mask.lower()
+    return mask
+
+
+def _version_mask(value: object) -> str | None:
+    """A mask as the proxy re-announces it (8 lower-case hex digits), or None if malformed."""
+    match = _VERSION_MASK.match(value) if isinstance(value, str) else None
+    return match.group(1).lower().zfill(8) if match else None
 
 
 # ---- the relay ---------------------------------------------------------------------------------

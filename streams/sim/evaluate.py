@@ -393,12 +393,12 @@ class ShockResult:
 
     shock: str
     kind: str
-    region: str
-    country: str
+    region: str | None
+    country: str | None
     direction: str
     onset: float
     change_pp: float | None
-    status: str  # detected | missed | covered | below_threshold | vpn
+    status: str  # detected | missed | covered | below_threshold | vpn | switch | pools_only
     alert_id: str | None = None
     delay_s: float | None = None
     started_at_error_s: float | None = None
@@ -450,8 +450,11 @@ def score_alerts(truth: Truth, records: Iterable[Mapping[str, Any]], *,
         common = {"shock": shock["name"], "kind": shock["kind"], "region": shock["region"],
                   "country": shock["country"], "direction": shock["direction"],
                   "onset": float(shock["onset"])}
-        if shock["direction"] == "vpn":
-            results.append(ShockResult(**common, change_pp=None, status="vpn"))
+        if shock["direction"] in ("vpn", "switch") or shock.get("country") is None:
+            # vpn and switch change no hashrate of a region; a pools-only shock names none.
+            status = (shock["direction"] if shock["direction"] in ("vpn", "switch")
+                      else "pools_only")
+            results.append(ShockResult(**common, change_pp=None, status=status))
             continue
         primary = [s for s in shifts if s.shock == shock["name"] and s.primary]
         if not primary:
@@ -610,7 +613,7 @@ def format_report(report: Report, max_regions: int = 20) -> str:
                   f"{'delay min':>9s} {'onset err min':>13s}"]
     for s in score.shocks:
         lines.append(
-            f"{s.shock[:28]:28s} {s.region:7s} {s.direction:4s} {_num(s.change_pp):>7s} "
+            f"{s.shock[:28]:28s} {s.region or 'pools':7s} {s.direction:4s} {_num(s.change_pp):>7s} "
             f"{s.status:15s} {_num(s.delay_s, 1 / 60, 1):>9s} "
             f"{_num(s.started_at_error_s, 1 / 60, 1):>13s}")
     if not score.shocks:

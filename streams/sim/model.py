@@ -156,7 +156,8 @@ def shock_timeline(shock: ShockSpec, start_ts: float) -> dict[str, Any]:
     full = onset + shock.fall_s
     entry: dict[str, Any] = {
         "name": shock.name, "kind": shock.kind, "region": shock.region,
-        "country": country_of(shock.region), "direction": shock.direction,
+        "country": None if shock.region is None else country_of(shock.region),
+        "direction": shock.direction, "pools": shock.pools,
         "onset": onset, "full_effect": full, "factor": shock.factor,
         "recovery_start": None, "recovery_end": None,
         "exit_region": shock.exit_region, "fraction": shock.fraction,
@@ -169,6 +170,74 @@ def shock_timeline(shock: ShockSpec, start_ts: float) -> dict[str, Any]:
 
 
 # ---- the world ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FarmTable:
+    """The farms of the farmed leaves (``Scenario.farms``) and their pool switches over time."""
+
+    leaves: IntArray  # the farmed leaves (their allocation columns come from the farms)
+    leaf: IntArray  # leaf of each farm
+    size: FloatArray  # each farm's part of its leaf's hashrate
+    pool: IntArray  # allocation row each farm mines at from the start
+    switch_t: FloatArray  # offsets of the pool switches, in time order
+    switch_farm: IntArray
+    switch_pool: IntArray
+
+    def pools_at(self, offset_s: float) -> IntArray:
+        """The allocation row each farm mines at ``offset_s``."""
+        done = int(np.searchsorted(self.switch_t, offset_s, side="right"))
+        pools = self.pool.copy()
+        if done:
+            farms = self.switch_farm[:done][::-1]
+            _, last = np.unique(farms, return_index=True)  # the latest switch of each farm
+            pools[farms[last]] = self.switch_pool[:done][::-1][last]
+        return pools
+
+
+@dataclass(frozen=True)
+class PoolShock:
+    """A shock that hits only some pools' hashers: rows and leaves it hits, and for ``switch``
+    the rows the hashers move to with their weights."""
+
+    shock: ShockSpec
+    rows: IntArray
+    leaves: IntArray
+    targets: IntArray
+    weights: FloatArray
+
+
+def draw_farms(scenario: Scenario, allocation: FloatArray, leaves: tuple[str, ...],
+               rng: np.random.Generator) -> FarmTable | None:
+    """Farms of ``scenario.farms``: log-normal sizes, each at one pool drawn by the allocation
+    column of its leaf; switches as a Poisson process per farm over the scenario."""
+    spec = scenario.farms
+    if spec is None:
+        return None
+    farmed = list(dict.fromkeys(leaf for code in spec.regions
+                                for leaf in scenario.leaves_of(code)))
+    index = np.array([leaves.index(leaf) for leaf in farmed], dtype=np.int64)
+    leaf_of, sizes, pools = [], [], []
+    rows = allocation.shape[0]
+    for column in index.tolist():
+        weights = allocation[:, column] / allocation[:, column].sum()
+        raw = rng.lognormal(0.0, spec.sigma, spec.count)
+        leaf_of.append(np.full(spec.count, column, dtype=np.int64))
+        sizes.append(raw / raw.sum())
+        pools.append(rng.choice(rows, size=spec.count, p=weights))
+    leaf = np.concatenate(leaf_of)
+    switches = rng.poisson(spec.switches_per_day * scenario.duration / SECONDS_PER_DAY, leaf.size)
+    switch_farm = np.repeat(np.arange(leaf.size, dtype=np.int64), switches)
+    switch_t = rng.random(switch_farm.size) * scenario.duration
+    columns = allocation / allocation.sum(axis=0, keepdims=True)
+    switch_pool = np.array([rng.choice(rows, p=columns[:, leaf[f]])
+                            for f in switch_farm.tolist()], dtype=np.int64)
+    order = np.argsort(switch_t, kind="stable")
+    return FarmTable(leaves=index, leaf=leaf, size=np.concatenate(sizes),
+                     pool=np.concatenate(pools).astype(np.int64), switch_t=switch_t[order],
+                     switch_farm=switch_farm[order],
+                     switch_pool=switch_pool.reshape(-1)[order] if switch_pool.size
+                     else np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -190,6 +259,16 @@ class World:
     workers_per_hs: FloatArray
     shock_leaves: tuple[IntArray, ...]
     vpn_exits: tuple[int, ...]
+    #: Shocks that hit only some pools' hashers (``ShockSpec.pools``).
+    pool_shocks: tuple[PoolShock, ...] = ()
+    farms: FarmTable | None = None
+    #: feed_lag[q]: seconds sampled pool q's batches reach the pipeline after they end.
+    feed_lag: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def pool_effects(self) -> bool:
+        """True when pools, not only regions, shape the world (pool shocks or farms)."""
+        return bool(self.pool_shocks) or self.farms is not None
 
     @property
     def sampled_index(self) -> IntArray:
@@ -199,18 +278,54 @@ class World:
         """Product of the hashrate shocks' multipliers per leaf at ``offset_s``."""
         factors = np.ones(len(self.leaves))
         for shock, leaves in zip(self.scenario.shocks, self.shock_leaves, strict=True):
-            if shock.kind == "vpn" or shock.factor is None:
+            if shock.kind in ("vpn", "switch") or shock.factor is None or shock.pools:
                 continue
             effect = shock_effect(shock, offset_s)
             if effect > 0:
                 factors[leaves] *= 1.0 + (shock.factor - 1.0) * effect
         return factors
 
-    def sample_rates(self, capacity: FloatArray, offset_s: float) -> FloatArray:
-        """Hashrate each sampled pool shows per sample region (VPN exits applied)."""
+    def allocation_at(self, offset_s: float) -> FloatArray:
+        """allocation[p, r] at ``offset_s``: farmed leaves' columns follow their farms."""
+        farms = self.farms
+        if farms is None:
+            return self.allocation
+        allocation = self.allocation.copy()
+        allocation[:, farms.leaves] = 0.0
+        np.add.at(allocation, (farms.pools_at(offset_s), farms.leaf), farms.size)
+        return allocation
+
+    def pool_cells(self, capacity: FloatArray, offset_s: float) -> FloatArray:
+        """cells[p, r]: hashrate of pool p's hashers in leaf r (last row: unidentified), with
+        the pool shocks applied. Without pool effects the columns sum to ``capacity``."""
+        cells = self.allocation_at(offset_s) * capacity[None, :]
+        for hit in self.pool_shocks:
+            shock = hit.shock
+            effect = shock_effect(shock, offset_s)
+            if effect <= 0 or shock.factor is None:
+                continue
+            block = np.ix_(hit.rows, hit.leaves)
+            if shock.kind == "switch":
+                moved = cells[block] * ((1.0 - shock.factor) * effect)
+                cells[block] -= moved
+                cells[np.ix_(hit.targets, hit.leaves)] += (hit.weights[:, None]
+                                                           * moved.sum(axis=0)[None, :])
+            else:
+                cells[block] *= 1.0 + (shock.factor - 1.0) * effect
+        return cells
+
+    def sample_rates(self, capacity: FloatArray, offset_s: float,
+                     cells: FloatArray | None = None) -> FloatArray:
+        """Hashrate each sampled pool shows per sample region (VPN exits applied); ``cells``
+        from `pool_cells` when already computed."""
         pools = self.sampled_index
         rates = np.zeros((pools.size, len(self.sample_regions)))
-        rates[:, : len(self.leaves)] = self.allocation[pools] * capacity[None, :]
+        if cells is None and not self.pool_effects:
+            rates[:, : len(self.leaves)] = self.allocation[pools] * capacity[None, :]
+        else:
+            if cells is None:
+                cells = self.pool_cells(capacity, offset_s)
+            rates[:, : len(self.leaves)] = cells[pools]
         for shock, leaves, exit_index in zip(
             self.scenario.shocks, self.shock_leaves, self.vpn_exits, strict=True
         ):
@@ -222,8 +337,9 @@ class World:
         return rates
 
 
-def build_world(scenario: Scenario) -> World:
-    """Compile a scenario (see the module docstring for the allocation rule)."""
+def build_world(scenario: Scenario, seed: int | None = None) -> World:
+    """Compile a scenario (see the module docstring for the allocation rule); farms, if the
+    scenario has them, are drawn from ``seed`` (default: the scenario's)."""
     leaves = tuple(scenario.regions)
     base = np.array([scenario.regions[r] for r in leaves]) / 100.0
     base = base / base.sum()
@@ -254,8 +370,28 @@ def build_world(scenario: Scenario) -> World:
     sample_regions = leaves + tuple(dict.fromkeys(e for e in exits if e not in leaves))
     shock_leaves = tuple(
         np.array([leaves.index(leaf) for leaf in scenario.leaves_of(s.region)], dtype=np.int64)
+        if s.region is not None else np.arange(len(leaves), dtype=np.int64)
         for s in scenario.shocks
     )
+    names = [p.name for p in pools]
+    rest_share = max(0.0, 1.0 - float(pool_share.sum()))
+    pool_shocks = []
+    for shock, hit_leaves in zip(scenario.shocks, shock_leaves, strict=True):
+        if not shock.pools:
+            continue
+        rows = np.array([names.index(n) for n in shock.pools], dtype=np.int64)
+        if shock.to_pools:
+            targets = [names.index(n) for n in shock.to_pools]
+        else:
+            targets = [i for i, p in enumerate(pools) if not p.sampled and i not in rows]
+            targets.append(len(pools))  # the unidentified rest
+        weights = np.array([pool_share[i] if i < len(pools) else rest_share for i in targets])
+        weights = (weights / weights.sum() if weights.sum() > 0
+                   else np.full(len(targets), 1.0 / len(targets)))
+        pool_shocks.append(PoolShock(shock, rows, hit_leaves,
+                                     np.array(targets, dtype=np.int64), weights))
+    farm_rng = np.random.default_rng([scenario.seed if seed is None else seed, 0xFA57])
+    farms = draw_farms(scenario, allocation, leaves, farm_rng)
     vpn_exits = tuple(
         sample_regions.index(s.exit_region) if s.exit_region is not None else -1
         for s in scenario.shocks
@@ -283,6 +419,9 @@ def build_world(scenario: Scenario) -> World:
         workers_per_hs=workers,
         shock_leaves=shock_leaves,
         vpn_exits=vpn_exits,
+        pool_shocks=tuple(pool_shocks),
+        farms=farms,
+        feed_lag=np.array([p.feed_lag for p in pools if p.sampled]),
     )
 
 
@@ -374,9 +513,9 @@ class Simulator:
         if truth_step_s <= 0:
             raise ValueError("truth_step_s must be positive")
         self.scenario = scenario
-        self.world = build_world(scenario)
-        self.start_ts = float(start_ts)
         self.seed = scenario.seed if seed is None else seed
+        self.world = build_world(scenario, self.seed)
+        self.start_ts = float(start_ts)
         self.single_share_fraction = (scenario.single_share_fraction
                                       if single_share_fraction is None else single_share_fraction)
         if not 0.0 <= self.single_share_fraction <= 1.0:
@@ -391,6 +530,8 @@ class Simulator:
         self._next_price_t = self.start_ts
         self._last_truth_bucket: int | None = None
         self._run_tag = f"{self.seed:x}{int(self.start_ts):x}"
+        #: Batches of lagging pools: (when they reach the pipeline, batch).
+        self._held: list[tuple[float, dict[str, Any]]] = []
         self.chain = self._initial_chain()
 
     # -- chain --
@@ -525,6 +666,24 @@ class Simulator:
             "id": f"{self._run_tag}-{step_index}-{k}",
         } for k, i in enumerate(order)]
 
+    def _release(self, batches: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """Batches that reach the pipeline by ``now``: lagging pools' wait ``feed_lag``."""
+        world = self.world
+        if not world.feed_lag.size or not world.feed_lag.any():
+            return batches
+        lag = dict(zip((world.pool_slugs[i] for i in world.sampled_index),
+                       world.feed_lag.tolist(), strict=True))
+        out = []
+        for batch in batches:
+            delay = lag.get(batch["pool"], 0.0)
+            if delay > 0:
+                self._held.append((batch["end"] + delay, batch))
+            else:
+                out.append(batch)
+        due = [b for at, b in self._held if at <= now + 1e-9]
+        self._held = [(at, b) for at, b in self._held if at > now + 1e-9]
+        return out + due
+
     # -- market --
 
     def _prices(self, end: float) -> list[dict[str, Any]]:
@@ -592,14 +751,21 @@ class Simulator:
             end = t + min(step, duration_s - offset)
             capacity = (base * math.exp(growth * offset / SECONDS_PER_DAY)
                         * world.capacity_factors(offset) * np.exp(self._noise))
-            pool_hs = world.allocation @ capacity
-            rates = world.sample_rates(capacity, offset)
+            if world.pool_effects:
+                cells = world.pool_cells(capacity, offset)
+                capacity = cells.sum(axis=0)
+                pool_hs = cells.sum(axis=1)
+                rates = world.sample_rates(capacity, offset, cells)
+            else:
+                pool_hs = world.allocation @ capacity
+                rates = world.sample_rates(capacity, offset)
             bucket = math.floor(t / self.truth_step_s)
             truth = None
             if self._last_truth_bucket is None or bucket > self._last_truth_bucket:
                 self._last_truth_bucket = bucket
                 truth = self._truth(t, offset, capacity, pool_hs, rates)
             singles, batches = self._share_events(t, end, rates, k)
+            batches = self._release(batches, end)
             history = self._history(float(capacity.sum()), pool_hs) if k == 0 else []
             timed = singles + self._blocks(t, end - t, float(capacity.sum()), pool_hs)
             timed += self._prices(end)

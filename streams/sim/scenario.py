@@ -168,6 +168,9 @@ class PoolSpec(_Spec):
     share_interval: PositiveDuration = 10.0
     #: Percent of the pool's hashrate per region (leaf or country); default: the network's mix.
     mix: dict[str, Percent] | None = None
+    #: How late the pool's share batches reach the pipeline (a slow proxy or feed): a batch is
+    #: emitted this long after it ends. 0: as soon as it ends.
+    feed_lag: Duration = 0.0
 
     @field_validator("name")
     @classmethod
@@ -199,22 +202,29 @@ class PoolSpec(_Spec):
         return pool_slug(self.name)
 
 
-ShockKind = Literal["ramp", "blackout", "curtailment", "vpn"]
+ShockKind = Literal["ramp", "blackout", "curtailment", "vpn", "switch"]
 
 
 class ShockSpec(_Spec):
-    """A scripted change of one region (a leaf, or a country and all its leaves).
+    """A scripted change of one region (a leaf, or a country and all its leaves), or of some pools.
 
     ``ramp``: hashrate moves to ``factor`` × its level over ``over`` and stays (up or down).
     ``blackout``: drops to ``factor`` within minutes (``over`` ≤ 1 h); with ``hold`` it comes back
     over ``recovery`` after that long. ``curtailment``: drops over ``over``, stays ``hold``, comes
     back over ``recovery``. ``vpn``: nothing changes in truth; in the sample, ``fraction`` of the
     region's shares appear in ``exit_region`` (reached over ``over``; ends after ``hold``).
+
+    With ``pools`` the shock hits only the hashers of those pools (in ``region``, or in every
+    region when ``region`` is left out): ``ramp``/``blackout``/``curtailment`` change their
+    hashrate (the network loses or gains it). ``switch`` (needs ``pools``) moves the part
+    1 − ``factor`` of their hashers to ``to_pools`` (default: every unsampled pool not in
+    ``pools`` and the unidentified rest, in proportion to their shares) over ``over``: the
+    network keeps its hashrate and every region its share; only the pools' coverage moves.
     """
 
     name: str = Field(min_length=1, max_length=64)
     kind: ShockKind
-    region: str
+    region: str | None = None
     at: Duration
     over: Duration | None = None
     factor: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
@@ -222,6 +232,10 @@ class ShockSpec(_Spec):
     recovery: Duration | None = None
     exit_region: str | None = None
     fraction: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    #: Pool names whose hashers alone the shock hits (see the class docstring).
+    pools: list[str] | None = Field(default=None, min_length=1)
+    #: For ``switch``: the pools the hashers move to.
+    to_pools: list[str] | None = Field(default=None, min_length=1)
 
     @field_validator("region", "exit_region", mode="before")
     @classmethod
@@ -232,7 +246,21 @@ class ShockSpec(_Spec):
 
     @model_validator(mode="after")
     def _per_kind(self) -> ShockSpec:
+        if self.region is None and self.pools is None:
+            raise ValueError("region: required unless the shock names its pools")
+        if self.to_pools is not None and self.kind != "switch":
+            raise ValueError("to_pools: only a switch shock takes to_pools")
+        if self.kind == "switch":
+            if self.pools is None:
+                raise ValueError("pools: required for a switch shock (whose hashers move)")
+            if self.factor is None or self.factor >= 1:
+                raise ValueError("factor: a switch keeps factor < 1 of the pools' hashers")
+            if self.exit_region is not None or self.fraction is not None:
+                raise ValueError("exit_region: only a vpn shock takes exit_region")
+            return self
         if self.kind == "vpn":
+            if self.pools is not None:
+                raise ValueError("pools: a vpn shock moves a region's shares, not pools'")
             if self.exit_region is None:
                 raise ValueError("exit_region: required for a vpn shock")
             if self.fraction is None:
@@ -272,7 +300,8 @@ class ShockSpec(_Spec):
         """Time from onset to full effect (defaults: blackout 10 min, curtailment 1 h, vpn 0)."""
         if self.over is not None:
             return self.over
-        return {"ramp": 0.0, "blackout": 600.0, "curtailment": 3600.0, "vpn": 0.0}[self.kind]
+        return {"ramp": 0.0, "blackout": 600.0, "curtailment": 3600.0, "vpn": 0.0,
+                "switch": 0.0}[self.kind]
 
     @property
     def recovery_s(self) -> float | None:
@@ -282,10 +311,40 @@ class ShockSpec(_Spec):
         return self.recovery if self.recovery is not None else max(self.fall_s, 600.0)
 
     @property
-    def direction(self) -> Literal["up", "down", "vpn"]:
-        if self.kind == "vpn":
-            return "vpn"
+    def direction(self) -> Literal["up", "down", "vpn", "switch"]:
+        if self.kind in ("vpn", "switch"):
+            return self.kind
         return "up" if (self.factor or 0.0) > 1.0 else "down"
+
+
+class FarmsSpec(_Spec):
+    """Regions made of farms instead of a smooth mass of hashers.
+
+    Each listed region (leaf, or a country's leaves) is split into ``count`` farms with
+    log-normal sizes (``sigma`` of the log); each farm mines at one pool, drawn in proportion to
+    the part of the region each pool holds under the pool rules, so the pools' regional mixes
+    are right only on average. A farm switches pool ``switches_per_day`` times a day on average
+    (a new pool drawn the same way). Farms are drawn from the run's seed.
+    """
+
+    regions: list[str] = Field(min_length=1)
+    count: int = Field(ge=1, le=100_000)
+    sigma: float = Field(default=1.0, ge=0, le=5, allow_inf_nan=False)
+    switches_per_day: float = Field(default=0.0, ge=0, le=24, allow_inf_nan=False)
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _codes(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [normalise_region(str(v)) for v in value]
+        return value
+
+
+class EvaluationSpec(_Spec):
+    """When the offline evaluator (``hashatlas evaluate --scenario``) checks the estimates."""
+
+    #: Offsets from the start at which each world's snapshot is compared with the truth.
+    checks: list[Duration] = Field(min_length=1, max_length=64)
 
 
 class Scenario(_Spec):
@@ -306,6 +365,8 @@ class Scenario(_Spec):
     machines: list[MachineSpec] = Field(min_length=1)
     pools: list[PoolSpec] = Field(min_length=1)
     shocks: list[ShockSpec] = Field(default_factory=list)
+    farms: FarmsSpec | None = None
+    evaluation: EvaluationSpec | None = None
 
     @field_validator("step_s")
     @classmethod
@@ -339,6 +400,15 @@ class Scenario(_Spec):
     def _consistent(self) -> Scenario:
         self._check_pools()
         self._check_shocks()
+        if self.farms is not None:
+            for index, code in enumerate(self.farms.regions):
+                if not self.leaves_of(code):
+                    raise ValueError(f"farms.regions[{index}]: {code} is not among the "
+                                     "scenario's regions")
+        if self.evaluation is not None:
+            for index, check in enumerate(self.evaluation.checks):
+                if not 0 < check <= self.duration:
+                    raise ValueError(f"evaluation.checks[{index}]: must lie in (0, duration]")
         return self
 
     def _check_pools(self) -> None:
@@ -389,6 +459,14 @@ class Scenario(_Spec):
             if shock.name in names:
                 raise ValueError(f"shocks[{index}].name: {shock.name!r} is used twice")
             names.add(shock.name)
+            known = {p.name for p in self.pools}
+            for attr in ("pools", "to_pools"):
+                for name in getattr(shock, attr) or []:
+                    if name not in known:
+                        raise ValueError(f"shocks[{index}].{attr}: {name!r} is not among the "
+                                         "scenario's pools")
+            if shock.region is None:
+                continue
             if not self.leaves_of(shock.region):
                 raise ValueError(
                     f"shocks[{index}].region: {shock.region} is not among the scenario's regions"

@@ -116,3 +116,48 @@ async def test_a_label_flood_loses_no_share_and_the_key_table_is_let_go(
     folded = sum(b["count"] for b in batches if b["pool"] == "other")
     assert folded > 0 and overflow() - before == folded
     assert not compactor.keys.full  # emptied by the flush that followed the flood
+
+
+async def test_partitions_added_while_running_are_read_within_seconds(
+    isolated_settings: Settings,
+) -> None:
+    """aiokafka refreshed its metadata every 5 minutes: shares sent to a partition added after
+    the compactor started were not read for minutes (#18)."""
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+
+    settings = isolated_settings  # `shares` has 2 partitions
+    compactor = ShareCompactor(settings, instance="grows")
+    running = asyncio.create_task(compactor.run())
+    try:
+        await produce(settings, settings.topics.shares, [_share(1_732_400_000.0, 1024.0)])
+        assert await consume_all(settings, settings.topics.compacted_shares, 1, timeout_s=20)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_partitions({settings.topics.shares: NewPartitions(total_count=4)})
+        finally:
+            await admin.close()
+        added = time.monotonic()
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            for _ in range(20):  # until the producer's own metadata knows partition 3
+                if 3 in await producer.partitions_for(settings.topics.shares):
+                    break
+                await asyncio.sleep(0.5)
+                await producer.client.force_metadata_update()
+            await producer.send_and_wait(settings.topics.shares, partition=3, value=orjson.dumps(
+                _share(1_732_400_100.0, 4096.0, pool="antpool")))
+        finally:
+            await producer.stop()
+        batches = await consume_all(settings, settings.topics.compacted_shares, 2, timeout_s=30)
+        took = time.monotonic() - added
+        assert [orjson.loads(b)["pool"] for b in batches] == ["foundry-usa", "antpool"]
+        assert took < 2 * settings.metadata_max_age_s + 5.0, took
+    finally:
+        await compactor.stop()
+        await running

@@ -158,6 +158,16 @@ async def test_real_blocks_are_attributed_and_bad_input_dead_lettered(
         250000: "Unknown", 330000: "F2Pool", 625007: "Huobi.pool", 629999: "F2Pool",
         722010: "BTC.com"}
     assert snapshot["network"]["tip_height"] == 722010
+    # Pools (#15): attribution evidence per block, served with the blocks and in the snapshot.
+    assert {b["height"]: b["attribution_detail"] for b in stored} == {
+        250000: "unknown", 330000: "both", 625007: "both", 629999: "both", 722010: "address"}
+    methods = snapshot["pools"]["attribution"]["methods"]
+    assert {m: row["blocks"] for m, row in methods.items()} == {"both": 3, "address": 1,
+                                                                 "unknown": 1}
+    by_pool = {p["pool"]: p for p in snapshot["pools"]["pools"]}
+    assert {pool: p["hashrate"]["2016"]["blocks"] for pool, p in by_pool.items()
+            if p["hashrate"]["2016"]["blocks"]} == {"f2pool": 2, "huobi-pool": 1, "btc-com": 1,
+                                                     "unknown": 1}
     by_topic: dict[str, list[str]] = {}
     for letter in letters:
         by_topic.setdefault(letter["topic"], []).append(letter["field"])

@@ -138,7 +138,44 @@ def build_snapshot(day: Day, now: float) -> dict[str, Any]:
         "subdivisions": [_region_entry("CN-XJ", XINJIANG_SHARE, day)],
     }
     EstimateSnapshot.model_validate(snapshot)
+    snapshot["pools"] = pools_of_the_day(day, now)
     return snapshot
+
+
+SAMPLED_POOL = "f2pool"
+
+
+def pools_of_the_day(day: Day, now: float) -> dict[str, Any]:
+    """The pools section the leader would publish: 300 blocks at the day's difficulty, F2Pool
+    sampled (its shares show 20 %, its blocks 1 in 5), a few pools and unknown blocks."""
+    from streams.core.pools import PoolMemory, pools_section
+
+    difficulty = day.hashrate_hs * 600 / 2**32
+    pattern = ["f2pool", "antpool", "btc-com", "poolin", "unknown"]
+    blocks = 300
+    pools = [pattern[i % len(pattern)] for i in range(blocks)]
+    chain = {
+        "blocks": blocks, "tip_height": 592_000 + blocks - 1, "coverage_pools": pools,
+        "coverage_works": [difficulty * 2**32] * blocks,
+        "coverage_heights": [592_000 + i for i in range(blocks)],
+        "coverage_times": [now - 600.0 * (blocks - i) for i in range(blocks)],
+        "coverage_difficulties": [difficulty] * blocks,
+        "coverage_details": ["unknown" if p == "unknown" else "both" for p in pools],
+        "coverage_conflicts": [None] * blocks,
+        "coverage_subsidies": [1_250_000_000] * blocks, "coverage_fees": [30_000_000] * blocks,
+        "pool_names": {p: p for p in pattern},
+    }
+
+    class Rate:
+        hashrate_hs = 0.2 * day.hashrate_hs
+
+    memory = PoolMemory()
+    rates = {900.0: {(SAMPLED_POOL, "CN"): Rate()}}
+    first = {key: value[:100] if isinstance(value, list) else value
+             for key, value in chain.items()}
+    pools_section(now - 600.0 * 200, rates, first, day.hashrate_hs, None, None, memory)
+    return pools_section(now, rates, chain, day.hashrate_hs,
+                         (0.96 * day.hashrate_hs, 1.04 * day.hashrate_hs), None, memory)
 
 
 def shift_alert(now: float) -> dict[str, Any]:
@@ -380,6 +417,7 @@ def grafana_to_promql(expr: str, region: str = SHIFTED_REGION) -> str:
     """What Grafana sends for one selected region (the datasource variable is not in exprs)."""
     expr = expr.replace("$__rate_interval", RATE_INTERVAL)
     expr = re.sub(r"\$\{?region\}?", region, expr)
+    expr = re.sub(r"\$\{?pool\}?", SAMPLED_POOL, expr)
     assert "$" not in expr, expr
     return expr
 

@@ -380,7 +380,6 @@ group.initial.rebalance.delay.ms=0
 async def sasl_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
     """A private Kafka broker that accepts only SASL/PLAIN clients."""
     import asyncio
-    import base64
     import os
 
     from streams import localstack
@@ -403,7 +402,7 @@ async def sasl_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
         broker_secret=BROKER_SECRET, user=SASL_USER, password=SASL_PASSWORD))
     log_opts = [f"-Dlog4j2.configurationFile={localstack.DEPLOY_DIR / 'log4j2.properties'}",
                 f"-Dkafka.logs.file={tmp_path / 'kafka.log'}"]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = localstack.kafka_cluster_id()
     subprocess.run([java, *log_opts, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
                     "-t", cluster_id, "-c", str(config)], check=True, capture_output=True)
     proc = subprocess.Popen([java, "-Xms128m", "-Xmx512m", *log_opts, "-cp", f"{libs}/*",

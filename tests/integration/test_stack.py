@@ -79,3 +79,10 @@ def test_a_broker_that_dies_at_start_points_at_its_log(private_stack: Settings) 
     (data / "meta.properties").write_text("version=1\ncluster.id=bogus\nnode.id=99\n")
     with pytest.raises(localstack.StackError, match=r"kafka exited with code .* log: .*kafka\.log"):
         localstack.start_kafka(settings)
+
+
+def test_kafka_cluster_ids_never_read_as_options() -> None:
+    """One random id in 64 began with '-', and the storage tool took it for an option."""
+    ids = [localstack.kafka_cluster_id() for _ in range(5000)]
+    assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
+    assert all(len(cluster_id) == 22 for cluster_id in ids) and len(set(ids)) == len(ids)

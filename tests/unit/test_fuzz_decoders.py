@@ -770,3 +770,57 @@ def test_share_batch_partition_rejects_unassigned_regions(region: str) -> None:
         state.apply(raw)
     assert caught.value.field == "region"
 
+
+
+# ---- the future-time bound is fixed with the record (#18) --------------------------------------
+
+APPENDED = float(int(time.time()) - 3600)  # appended an hour ago (whole ms), replayed now
+
+
+def _batch_ending(end: float) -> bytes:
+    return orjson.dumps({"type": "share_batch", "pool": "p", "region": "US", "start": end - 5.0,
+                         "end": end, "count": 1, "difficulty_sum": 1.0,
+                         "difficulty_sq_sum": 1.0})
+
+
+@pytest.mark.parametrize("ahead, valid", [(SKEW, True), (SKEW + 1.0, False)])
+def test_a_replayed_share_batch_is_judged_by_its_record_time(ahead: float, valid: bool) -> None:
+    """Judged against the wall clock, a batch dead-lettered as too far ahead when first read
+    became valid when replayed later (after a crash), changing the estimates on replay."""
+    state = ShareBatchPartition.restore(None, Settings())
+    raw = _batch_ending(APPENDED + ahead)
+    if valid:
+        assert state.apply(raw, APPENDED) is ShareOutcome.CREDITED
+    else:
+        with pytest.raises(InvalidEvent, match="max_future_skew_s"):
+            state.apply(raw, APPENDED)
+
+
+@pytest.mark.parametrize("kind", ["block", "price"])
+def test_replayed_blocks_and_prices_are_judged_by_their_record_time(kind: str) -> None:
+    ahead = SKEW + 1.0 + (MAX_FUTURE_BLOCK_TIME_S if kind == "block" else 0.0)
+    if kind == "block":
+        line = (TEST_DATA / "real_blocks.jsonl").read_text().splitlines()[-1]
+        raw = orjson.dumps({**orjson.loads(line), "time": int(APPENDED + ahead) + 1})
+        state: ChainPartition | MarketPartition = ChainPartition.restore(
+            None, load_pool_directory(PROJECT_ROOT / "streams" / "data" / "pools-v2.json"))
+    else:
+        raw = orjson.dumps({"type": "price", "ts": APPENDED + ahead, "btc_usd": 1.0,
+                            "source": "t"})
+        state = MarketPartition.restore(None)
+    state.apply(raw)  # read at the wall clock, an hour later: accepted
+    with pytest.raises(InvalidEvent, match="max_future_skew_s"):
+        state.apply(raw, APPENDED)
+
+
+def test_the_compactor_judges_each_share_by_its_record_time() -> None:
+    compactor = ShareCompactor(Settings())  # its clock is the wall clock, an hour later
+    shares = [orjson.dumps({"type": "share", "ts": APPENDED + ahead, "pool": "p",
+                            "region": "US", "difficulty": 1.0}) for ahead in (SKEW, SKEW + 1.0)]
+    stamp = int(APPENDED * 1000)
+    records = [ConsumerRecord(TOPIC, 0, offset, stamp, 1, None, value, None, 0, len(value), ())
+               for offset, value in enumerate(shares)]
+    compactor.ingest(records, TOPIC, 0)
+    assert len(compactor.pending.ts) == 1
+    (letter,) = [orjson.loads(d) for d in compactor.pending.dead_letters]
+    assert (letter["field"], letter["offset"]) == ("ts", 1)

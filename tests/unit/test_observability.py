@@ -199,8 +199,9 @@ def test_regional_shift_routes_to_the_webhook_grouped_by_region() -> None:
 # ---- Grafana -------------------------------------------------------------------------------
 
 
-def test_dashboards_are_the_four_expected_with_unique_uids() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"live-map", "regions", "pipeline", "capacity"}
+def test_dashboards_are_the_expected_with_unique_uids() -> None:
+    assert {p.stem for p in DASHBOARDS} == {"live-map", "regions", "pipeline", "capacity",
+                                            "pools"}
     uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
     assert all(re.fullmatch(r"[a-z0-9-]{1,40}", uid) for uid in uids)

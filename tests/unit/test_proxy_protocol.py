@@ -28,6 +28,7 @@ from streams.proxy.protocol import (
     parse_message,
     parse_submit,
     parse_subscribe_result,
+    parse_version_mask,
 )
 
 NOTIFY_TAIL = ["00" * 32, "01", "02", [], "20000000", "170a8bb4", "61ff6e64", True]
@@ -130,6 +131,25 @@ def test_difficulty_subscription_and_configure_results() -> None:
                                    "version-rolling.mask": "1FFFE000"}) == "1fffe000"
     assert parse_configure_result({"version-rolling": False}) is None
     assert parse_configure_result("nonsense") is None
+
+
+@pytest.mark.parametrize(("written", "mask"), [
+    ("1fffe000", "1fffe000"), ("0x1FFFE000", "1fffe000"), ("0X1fffe000", "1fffe000"),
+    ("0x1fffe00", "01fffe00"), ("ffff", "0000ffff"),
+])
+def test_version_masks_are_read_as_pools_write_them(written: str, mask: str) -> None:
+    """Some pools prefix the mask with 0x (npm stratum-pool-sha256) or drop leading zeros."""
+    assert parse_configure_result({"version-rolling": True,
+                                   "version-rolling.mask": written}) == mask
+    assert parse_version_mask([written]) == mask
+
+
+@pytest.mark.parametrize("written", ["", "0x", "1fffe0000", "0x1fffe0000", "zz", "0x-1", 7])
+def test_malformed_version_masks_are_refused(written: object) -> None:
+    assert parse_configure_result({"version-rolling": True,
+                                   "version-rolling.mask": written}) is None
+    with pytest.raises(ProtocolError):
+        parse_version_mask([written])
 
 
 # ---- the relay ---------------------------------------------------------------------------------

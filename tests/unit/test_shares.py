@@ -192,7 +192,12 @@ def test_aligned_batches_equal_the_single_shares(
         cell[2] += d * d
     for (pool, region, bucket), (count, dsum, dsq) in sorted(sums.items(), key=lambda kv: kv[0][2]):
         batched.add_batch(pool, region, bucket * 10.0, bucket * 10.0 + 10.0, count, dsum, dsq)
-    now = stream[-1][2] + data.draw(st.floats(0.0, 100.0))
+    # A batch declares what its feed has delivered (up to its end) and a window ends there;
+    # single shares declare nothing. The two agree where every batch feed has delivered up to
+    # `now`: at the end of the last bucket, with an empty batch where a pool had no share.
+    now = (math.floor(stream[-1][2] / 10.0) + 1) * 10.0
+    for pool in "abcd":
+        batched.add_batch(pool, "US", now - 10.0, now, 0, 0.0, 0.0)
     assert snapshot(batched, now) == snapshot(singles, now)
 
 
@@ -271,16 +276,26 @@ def _totals_by_full_scan(windows: ShareWindows, now: float, window_s: float) -> 
     if ring.bucket_of(now) - ring.bucket_of(start) + 1 > ring.slots:
         ring = windows._coarse
     rows = len(windows._row_keys)
-    origin = np.array([windows._pools[pool].origin_ts for pool, _ in windows._row_keys])
-    t_eff = np.minimum(window_s, now - origin)
+    clocks = [windows._pools[pool] for pool, _ in windows._row_keys]
+    origin = np.array([c.origin_ts for c in clocks])
+    # A batch-fed pool has delivered up to its last batch's end; its window ends there (or at
+    # the watermark if that is later), never after now. A single-share pool: up to now.
+    fed = np.array([c.last_ts if c.last_batch else math.inf for c in clocks])
+    end = np.minimum(now, np.maximum(fed, windows.watermark))
+    delivered = np.minimum(fed, max(windows._latest_ts, now))
+    t_eff = np.maximum(end - np.maximum(start, origin), 0.0)
     first_bucket, last_bucket = ring.bucket_of(start), ring.bucket_of(now)
     index = ring.index[:rows]
     weights = ((index >= first_bucket) & (index <= last_bucket)).astype(np.float64)
-    span_end = min((first_bucket + 1) * ring.bucket_s, now)
-    occupied = span_end - np.maximum(first_bucket * ring.bucket_s, origin)
+    # Every bucket: the part of its occupied span inside [start, end].
+    lows = index.astype(np.float64) * ring.bucket_s
+    span_start = np.maximum(lows, origin[:, None])
+    span_end = np.minimum(lows + ring.bucket_s, delivered[:, None])
+    occupied = span_end - span_start
+    inside = np.minimum(span_end, end[:, None]) - np.maximum(span_start, start)
     fraction = np.where(occupied > 0.0, np.clip(
-        (span_end - start) / np.where(occupied > 0.0, occupied, 1.0), 0.0, 1.0), 1.0)
-    weights = np.where(index == first_bucket, weights * fraction[:, None], weights)
+        inside / np.where(occupied > 0.0, occupied, 1.0), 0.0, 1.0), 1.0)
+    weights = weights * fraction
     sums = np.einsum("ks,ksc->kc", weights, ring.data[:rows])
     history = windows._coarse.data[:rows].sum(axis=1)
     out = {}
@@ -290,7 +305,7 @@ def _totals_by_full_scan(windows: ShareWindows, now: float, window_s: float) -> 
         count, dsum, dsq = (float(v) for v in sums[row])
         clock = windows._pools[key[0]]
         if (clock.origin_difficulty > 0.0 and clock.origin_region == key[1]
-                and start <= clock.origin_ts <= now):
+                and start <= clock.origin_ts <= end[row]):
             count = max(count - 1.0, 0.0)
             dsum = max(dsum - clock.origin_difficulty, 0.0)
             dsq = max(dsq - clock.origin_difficulty**2, 0.0)
@@ -547,3 +562,34 @@ def test_vectorised_decay_equals_share_by_share() -> None:
         average.add(float(t), float(x))
         one_by_one.append(average.rate)
     np.testing.assert_allclose(decaying_average_series(ts, d, 300.0, T0), one_by_one, rtol=1e-9)
+
+
+@pytest.mark.parametrize("window", [60.0, 300.0])
+@pytest.mark.parametrize("phase", [0.0, 3.0, 7.5])
+def test_windows_have_no_edge_bias_for_current_and_lagging_feeds(window: float,
+                                                                  phase: float) -> None:
+    """Batches of a constant rate (10 difficulty per second) in 10 s steps that need not align
+    with the buckets; pool `a` is current, pool `b`'s feed ends 30 s earlier. Evaluated 2 s
+    before the newest event (the worker's clock minus settle_s), both windows give the rate:
+    the bucket holding `now` counts pro rata, and `b`'s window ends at its last batch."""
+    windows = ShareWindows()
+    end = T0 + 1000.0 + phase
+    for pool, last in (("a", end), ("b", end - 30.0)):
+        t = T0 + phase
+        while t + 10.0 <= last + 1e-9:
+            windows.add_batch(pool, "US", t, t + 10.0, 10, 100.0, 1000.0)
+            t += 10.0
+    est = windows.estimates(end - 2.0, window)
+    for pool in "ab":
+        assert est[(pool, "US")].hashrate_hs == pytest.approx(10.0 * 2**32, rel=1e-9)
+    assert est[("b", "US")].effective_seconds == pytest.approx(window - 28.0)
+
+
+def test_pool_state_written_before_last_batch_still_loads() -> None:
+    windows = ShareWindows()
+    windows.add_batch("a", "US", T0, T0 + 10.0, 3, 3.0, 3.0)
+    state = windows.to_state()
+    assert state["pools"]["a"][4] is True
+    state["pools"]["a"] = state["pools"]["a"][:4]  # the four fields of older checkpoints
+    restored = ShareWindows.from_state(state)
+    assert restored.estimates(T0 + 10.0, 60.0).keys() == windows.estimates(T0 + 10.0, 60.0).keys()
