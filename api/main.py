@@ -44,6 +44,7 @@ from api.metrics import (
     RequestMetricsMiddleware,
     render_metrics,
 )
+from api.page import install_page
 from api.problems import (
     ProblemError,
     install_problem_handlers,
@@ -770,6 +771,7 @@ def create_app(
     from api.pools import router as pools_router  # imports this module's helpers
 
     app.include_router(pools_router)
+    install_page(app)
     # add_middleware wraps: the last added is the outermost. Outside in: request metrics,
     # CORS (only if origins are configured), the current-estimate fast path, GZip.
     app.add_middleware(GZipExceptPrecompressed, exempt_paths=frozenset({CURRENT_PATH}))

@@ -128,6 +128,7 @@ def _banner(settings: Settings, options: DemoOptions, namespace: str, cleaned: s
     return f"""
 hashatlas demo is running: {options.scenario.name}, live (the last {options.backfill_s / 3600:g} h
 backfilled at once, then real time).
+  the map (open it)   {api}/
   run namespace       {namespace} ({cleaned})
   current estimates   {api}/v1/estimates/current
   one region          {api}/v1/regions/US
