@@ -21,7 +21,7 @@ demo: install
 # Every test, integration tests included, against a real Kafka and Redis of their own (free ports,
 # a temporary folder): a running demo or stack is left alone.
 test: install
-	$(BIN)/hashatlas stack install --prometheus
+	$(BIN)/hashatlas stack install --prometheus --browser
 	$(BIN)/ruff check streams api tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q

@@ -26,7 +26,8 @@ def _stack(args: argparse.Namespace) -> int:
     settings = get_settings()
     try:
         if args.action == "install":
-            localstack.stack_install(settings, with_prometheus=args.prometheus)
+            localstack.stack_install(settings, with_prometheus=args.prometheus,
+                                     with_browser=args.browser)
         elif args.action == "up":
             localstack.stack_up(settings, with_prometheus=args.prometheus)
         elif args.action == "down":
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["install", "up", "down", "status", "topics"],
                        help="install: fetch Kafka and Debian's Redis (the tests start their own)")
     stack.add_argument("--prometheus", action="store_true", help="also install Prometheus")
+    stack.add_argument("--browser", action="store_true",
+                       help="install: also Debian's chromium and chromedriver (map tests)")
     stack.set_defaults(func=_stack)
 
     compactor = sub.add_parser("compactor", help="sum single shares into share_batch events")

@@ -102,8 +102,12 @@ def apt_install(packages: list[str]) -> None:
             raise StackError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
 
 
-def ensure_debian_tools(need_prometheus: bool) -> None:
+def ensure_debian_tools(need_prometheus: bool, need_browser: bool = False) -> None:
     missing = [] if shutil.which("redis-server") else ["redis-server"]
+    if need_browser and not shutil.which("chromium"):
+        missing.append("chromium")
+    if need_browser and not shutil.which("chromedriver"):
+        missing.append("chromium-driver")
     if need_prometheus and not shutil.which("prometheus"):
         missing.append("prometheus")
     if need_prometheus and not shutil.which("amtool"):
@@ -396,12 +400,15 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def stack_install(settings: Settings, with_prometheus: bool = False) -> None:
-    """Install what the stack runs (Debian's Redis, Prometheus if asked, Kafka's jars) without
-    starting anything: the tests start their own private instances from it."""
-    ensure_debian_tools(with_prometheus)
+def stack_install(settings: Settings, with_prometheus: bool = False,
+                  with_browser: bool = False) -> None:
+    """Install what the stack runs (Debian's Redis, Prometheus if asked, Kafka's jars; the
+    headless browser the map's tests drive, if asked) without starting anything: the tests
+    start their own private instances from it."""
+    ensure_debian_tools(with_prometheus, with_browser)
     ensure_kafka(settings)
     _log("installed: redis-server" + (", prometheus, amtool" if with_prometheus else "")
+         + (", chromium, chromedriver" if with_browser else "")
          + f", kafka {settings.kafka_version}")
 
 

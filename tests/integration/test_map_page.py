@@ -5,13 +5,15 @@ One pipeline serves the whole module, fed by ``scenarios/steady.yaml`` replayed 
 hour ago up to now, with Russia blacked out to a tenth 15 simulated minutes in so that a real
 ``regional_shift`` alert fires. The tests run in file order: page load, map, headline, SSE,
 alert, and last the stale banner (the simulator is stopped). Each test saves a screenshot in its
-tmp dir; the world and US views are also copied to ``docs/map/`` for the README.
+tmp dir; with UPDATE_MAP_SCREENSHOTS=1 the world and US views are also copied to ``docs/map/``
+for the README.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 import urllib.request
@@ -41,9 +43,15 @@ SPAN_S = 3600.0
 SHOCK_REGION = "RU"
 STALE_AFTER_S = 10.0
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+#: Set to 1 to refresh the README's screenshots in docs/map/ (otherwise they stay in tmp dirs).
+UPDATE_DOCS = os.environ.get("UPDATE_MAP_SCREENSHOTS") == "1"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _browser_installed() -> None:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail("needs Debian's chromium and chromium-driver: "
+                    "`hashatlas stack install --browser` (make test does it) installs them")
 
 
 class LivePipeline:
@@ -158,7 +166,7 @@ def screenshot(driver: Any, tmp_path: Path, name: str, docs: bool = False,
         time.sleep(0.3)
     path = tmp_path / f"{name}.png"
     driver.save_screenshot(str(path))
-    if docs:
+    if docs and UPDATE_DOCS:
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS / path.name)
     return path
