@@ -128,7 +128,8 @@ def test_every_alert_has_a_firing_and_a_quiet_promtool_case() -> None:
                 (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
     names = {rule["alert"] for rule in alert_rules()}
     assert names == {"HashatlasRegionalShift", "HashatlasEstimatesStale", "HashatlasFeedStalled",
-                     "HashatlasConsumerLagGrowing", "HashatlasDeadLetters"}
+                     "HashatlasConsumerLagGrowing", "HashatlasDeadLetters",
+                     "HashatlasPoolDivergence"}
     assert names - fired == set(), "alerts never shown firing"
     assert names - quiet == set(), "alerts never shown staying quiet"
 
