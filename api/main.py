@@ -510,6 +510,30 @@ async def region_estimate(
     return Response(orjson.dumps(document), media_type=JSON_MEDIA_TYPE, headers=headers)
 
 
+def history_span(start: float | None, end: float | None, step: float | None,
+                 stored_step: float) -> tuple[float, float, float]:
+    """A history request's start, end and step with their defaults (the last 24 h, the stored
+    step); 422 problems naming the parameter for an empty span, a step finer than what is
+    stored, or more than MAX_HISTORY_POINTS points."""
+    now = time.time()
+    if end is None:
+        end = now if start is None else max(now, start)
+    if start is None:
+        start = max(0.0, end - DEFAULT_HISTORY_SPAN_S)
+    if end < start:
+        raise invalid_parameter("end", f"must not be before start ({start})")
+    step = stored_step if step is None else step
+    if step < stored_step * (1 - 1e-9):
+        raise invalid_parameter("step", f"must be at least the stored step ({stored_step} s)")
+    if (end - start) / step > MAX_HISTORY_POINTS:
+        raise invalid_parameter(
+            "step",
+            f"span / step gives more than {MAX_HISTORY_POINTS} points: "
+            "use a larger step or a shorter span",
+        )
+    return start, end, step
+
+
 @router.get(
     "/v1/estimates/history",
     tags=["estimates"],
@@ -545,23 +569,8 @@ async def estimate_history(
     output_format: Annotated[HistoryFormat | None, Query(alias="format")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    now = time.time()
-    if end is None:
-        end = now if start is None else max(now, start)
-    if start is None:
-        start = max(0.0, end - DEFAULT_HISTORY_SPAN_S)
-    if end < start:
-        raise invalid_parameter("end", f"must not be before start ({start})")
     stored_step = settings.history_step_s
-    step = stored_step if step is None else step
-    if step < stored_step * (1 - 1e-9):
-        raise invalid_parameter("step", f"must be at least the stored step ({stored_step} s)")
-    if (end - start) / step > MAX_HISTORY_POINTS:
-        raise invalid_parameter(
-            "step",
-            f"span / step gives more than {MAX_HISTORY_POINTS} points: "
-            "use a larger step or a shorter span",
-        )
+    start, end, step = history_span(start, end, step, stored_step)
     code = region.upper() if region is not None else None
     rows = await store.history(code or NETWORK_SERIES, start, end)
     if not rows and code is not None and not is_known_region(code):

@@ -20,17 +20,16 @@ from starlette.responses import Response
 from api.deps import SettingsDep, StoreDep
 from api.main import (
     CSV_MEDIA_TYPE,
-    DEFAULT_HISTORY_SPAN_S,
     JSON_MEDIA_TYPE,
-    MAX_HISTORY_POINTS,
     HistoryFormat,
+    history_span,
     is_stale,
     json_array_of_objects,
     last_point_per_step,
     no_snapshot,
     prefers_csv,
 )
-from api.problems import invalid_parameter, not_found, problem_responses
+from api.problems import not_found, problem_responses
 
 POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"
 POOL_CSV_COLUMNS = ("t", "hashrate_hs", "hashrate_lower_hs", "hashrate_upper_hs", "work_share",
@@ -171,20 +170,8 @@ async def pool_history(
     output_format: Annotated[HistoryFormat | None, Query(alias="format")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    now = time.time()
-    if end is None:
-        end = now if start is None else max(now, start)
-    if start is None:
-        start = max(0.0, end - DEFAULT_HISTORY_SPAN_S)
-    if end < start:
-        raise invalid_parameter("end", f"must not be before start ({start})")
     stored_step = settings.history_step_s
-    step = stored_step if step is None else step
-    if step < stored_step * (1 - 1e-9):
-        raise invalid_parameter("step", f"must be at least the stored step ({stored_step} s)")
-    if (end - start) / step > MAX_HISTORY_POINTS:
-        raise invalid_parameter("step", f"span / step gives more than {MAX_HISTORY_POINTS} "
-                                "points: use a larger step or a shorter span")
+    start, end, step = history_span(start, end, step, stored_step)
     slug = _pool_slug(pool)
     rows = await store.history(f"pool:{slug}", start, end)
     if not rows:
