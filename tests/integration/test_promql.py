@@ -147,7 +147,8 @@ SAMPLED_POOL = "f2pool"
 
 def pools_of_the_day(day: Day, now: float) -> dict[str, Any]:
     """The pools section the leader would publish: 300 blocks at the day's difficulty, F2Pool
-    sampled (its shares show 20 %, its blocks 1 in 5), a few pools and unknown blocks."""
+    sampled but seen only in part (its shares show 8 %, its blocks 1 in 5: diverging), a few
+    pools and unknown blocks."""
     from streams.core.pools import PoolMemory, pools_section
 
     difficulty = day.hashrate_hs * 600 / 2**32
@@ -167,13 +168,15 @@ def pools_of_the_day(day: Day, now: float) -> dict[str, Any]:
     }
 
     class Rate:
-        hashrate_hs = 0.2 * day.hashrate_hs
+        hashrate_hs = 0.08 * day.hashrate_hs
 
     memory = PoolMemory()
     rates = {900.0: {(SAMPLED_POOL, "CN"): Rate()}}
-    first = {key: value[:100] if isinstance(value, list) else value
-             for key, value in chain.items()}
-    pools_section(now - 600.0 * 200, rates, first, day.hashrate_hs, None, None, memory)
+    for seen in range(100, blocks):  # the leader sees the blocks arrive, one at a time
+        view = {key: value[:seen] if isinstance(value, list) else value
+                for key, value in chain.items()}
+        pools_section(chain["coverage_times"][seen - 1] + 1.0, rates, view, day.hashrate_hs,
+                      None, None, memory)
     return pools_section(now, rates, chain, day.hashrate_hs,
                          (0.96 * day.hashrate_hs, 1.04 * day.hashrate_hs), None, memory)
 
@@ -432,7 +435,7 @@ def test_every_dashboard_expression_returns_data(prometheus: PrometheusAPI) -> N
 def test_every_rule_expression_returns_data(prometheus: PrometheusAPI) -> None:
     """All alert conditions hold in this incident, so no expression may come back empty."""
     exprs = rule_exprs()
-    assert len(exprs) == 16
+    assert len(exprs) == 17
     empty = [name for name, expr in exprs if not prometheus.query(expr)]
     assert empty == [], f"rule expressions with no data: {empty}"
 
@@ -444,6 +447,7 @@ def test_alert_conditions_name_what_is_wrong(prometheus: PrometheusAPI) -> None:
         return {sample["metric"].get(key, "") for sample in prometheus.query(exprs[alert])}
 
     assert labels("HashatlasRegionalShift", "region") == {SHIFTED_REGION}
+    assert labels("HashatlasPoolDivergence", "pool") == {SAMPLED_POOL}
     assert labels("HashatlasDeadLetters", "topic") == {"market"}
     assert labels("HashatlasConsumerLagGrowing", "topic") == {"shares"}
     assert len(prometheus.query(exprs["HashatlasFeedStalled"])) == 1
