@@ -157,6 +157,7 @@ function renderHeadline() {
   set("net-coverage-ci", n.coverage_ci95 ? `95 %: ${pctRange(n.coverage_ci95)} of blocks' work` : "");
   set("net-asof", utc(s.as_of), s.as_of);
   document.body.dataset.asOf = s.as_of;
+  document.body.dataset.publishedAt = s.published_at;
   renderAge();
 }
 
