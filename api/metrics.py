@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import EstimateStore, latest_alert_states
 from api.problems import REDIS_UNAVAILABLE_ERRORS
-from api.sites import SiteCollector
+from api.site_metrics import SiteCollector
 from streams.commands.sites import shipped_sites
 from streams.core.pools import ALERT_TYPE as POOL_ALERT_TYPE
 from streams.core.pools import OTHER_POOLS, top_pools

@@ -5,7 +5,7 @@ the way the pipeline does, then runs two uvicorn processes (uvloop + httptools, 
 the real API, and a bare FastAPI app that returns the same snapshot bytes as a constant (so the
 comparison isolates what the API adds: the Redis round trip, the staleness check, the ETag and
 the middleware, not the body size). The bare app goes through FastAPI's routing; the API
-answers this path ahead of routing (api/main.py, CurrentEstimateFastPath) and lets concurrent
+answers this path ahead of routing (api/fastpath.py, CurrentEstimateFastPath) and lets concurrent
 requests share one Redis read, so under load it can beat the bare app; at the fixed rate the
 requests rarely overlap and nearly each one makes its own Redis round trip.
 
@@ -51,9 +51,11 @@ from starlette.responses import Response
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from streams.contracts import (  # noqa: E402  (the path above makes the project importable)
+from streams.models.snapshot import (  # noqa: E402  (the path above makes the project importable)
     EstimateSnapshot,
+    HashpriceSummary,
     NetworkEntry,
+    PoolsSection,
     PowerBand,
     RegionEntry,
 )
@@ -101,7 +103,9 @@ def realistic_snapshot(published_at: float) -> EstimateSnapshot:
         return RegionEntry(
             region=code, name=name, share=share, share_ci95=(share * 0.96, share * 1.04),
             hashrate_hs=hashrate, hashrate_ci95_hs=(hashrate * 0.95, hashrate * 1.05),
-            sample_hashrate_hs=hashrate * 0.41, power_w=band(1.0e10 * share),
+            sample_hashrate_hs=hashrate * 0.41,
+            sample_hashrate_ci95_hs=(hashrate * 0.41 * 0.98, hashrate * 0.41 * 1.02),
+            power_w=band(1.0e10 * share),
             annualized_twh=band(87.7 * share), electricity_usd_kwh=0.05, subdivisions=subs,
         )
 
@@ -112,9 +116,15 @@ def realistic_snapshot(published_at: float) -> EstimateSnapshot:
         sample_hashrate_hs=NETWORK_HS * 0.41, power_w=band(1.0e10),
         annualized_twh=band(87.7), hashprice_usd_ph_day=205.3,
         block_hashrate_hs=1.98e20, block_hashrate_ci95_hs=(1.82e20, 2.16e20), blocks_seen=144,
+        profitability_threshold_j_gh=0.041, tip_height=872_000, implausible_pools={},
     )
-    return EstimateSnapshot(as_of=published_at - 0.2, published_at=published_at, window_s=300,
-                            stale=False, network=network, regions=regions)
+    pools = PoolsSection(windows=[144, 1008, 2016], tip_height=872_000, rate_window_s=None,
+                         pools=[], diverging=[], attribution=None,
+                         hashprice=HashpriceSummary(blocks=0), groups={})
+    return EstimateSnapshot(type="estimate", as_of=published_at - 0.2, published_at=published_at,
+                            window_s=300, stale=False, max_event_ts=published_at - 0.2,
+                            network=network, regions=regions, subdivisions=[], pools=pools,
+                            site_utilisation=[])
 
 
 def write_snapshot(redis_url: str, snapshot: EstimateSnapshot) -> bytes:
@@ -433,7 +443,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"snapshot: {len(COUNTRIES) + len(SUBDIVISIONS)} regions, {len(body)} bytes; "
                   f"{args.rounds} rounds of {args.duration:g} s phases, "
                   f"{args.connections} connections", flush=True)
-            with uvicorn_server("api.main:app", env) as api_server, uvicorn_server(
+            with uvicorn_server(
+                "api.main:create_app", env, "--factory",
+            ) as api_server, uvicorn_server(
                 "api_latency:bare_app_factory", {BODY_FILE_ENV: body_file.name},
                 "--factory", "--app-dir", str(Path(__file__).parent),
             ) as bare_server:

@@ -262,57 +262,7 @@ def decode_input(
     return event
 
 
-# ---- outputs -----------------------------------------------------------------------------------
-
-
-class PowerBand(BaseModel):
-    """Lower / best / upper, as CBECI bands them (W or TWh/yr)."""
-
-    lower: float
-    best: float
-    upper: float
-
-
-class NetworkEntry(BaseModel):
-    hashrate_hs: float | None
-    hashrate_ci95_hs: tuple[float, float] | None
-    source: str
-    sources: list[str] = Field(default_factory=list)
-    coverage: float | None
-    coverage_ci95: tuple[float, float] | None = None
-    sample_hashrate_hs: float
-    power_w: PowerBand | None
-    annualized_twh: PowerBand | None
-    hashprice_usd_ph_day: float | None
-    block_hashrate_hs: float | None = None
-    block_hashrate_ci95_hs: tuple[float, float] | None = None
-    blocks_seen: int = 0
-
-
-class RegionEntry(BaseModel):
-    region: str
-    name: str
-    share: float
-    share_ci95: tuple[float, float]
-    hashrate_hs: float | None
-    hashrate_ci95_hs: tuple[float, float] | None
-    sample_hashrate_hs: float
-    power_w: PowerBand | None
-    annualized_twh: PowerBand | None
-    electricity_usd_kwh: float
-    subdivisions: list[str] = Field(default_factory=list)
-
-
-class EstimateSnapshot(BaseModel):
-    """What ``GET /v1/estimates/current`` returns and what the ``estimates`` topic carries."""
-
-    type: Literal["estimate"] = "estimate"
-    as_of: float
-    published_at: float
-    window_s: float
-    stale: bool
-    network: NetworkEntry
-    regions: list[RegionEntry]
+# ---- outputs (the snapshot's model is streams.models.snapshot.EstimateSnapshot) --------------
 
 
 class RegionalShiftAlert(BaseModel):

@@ -34,6 +34,7 @@ from streams.metrics import (
     SNAPSHOT_PUBLISH_SECONDS,
     SNAPSHOTS_PUBLISHED,
 )
+from streams.models.snapshot import EstimateSnapshot
 from streams.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
@@ -135,6 +136,7 @@ class SnapshotPublisher:
             "evaluated_at": {str(p["partition"]): p["t_eval"] for p in partials},
         }
         body = orjson.dumps(snapshot)
+        EstimateSnapshot.model_validate_json(body)  # what the API serves: no field undescribed
         etag = hashlib.blake2b(body, digest_size=12).hexdigest()
 
         step = self.settings.history_step_s

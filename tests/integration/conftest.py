@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import orjson
 import pytest
+import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from api.main import create_app
 from streams.localstack import create_topics
 from streams.settings import Partitions, Settings, Topics
+from tests.integration.api_helpers import make_settings, open_client
 
 
 @pytest.fixture()
@@ -74,3 +78,18 @@ async def kafka_producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer
     await producer.start()
     yield producer
     await producer.stop()
+
+
+@pytest.fixture()
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain Redis client on the session's Redis, for writing what the pipeline writes."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+async def api(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app (lifespan run) on the session's Redis, under the API tests' settings."""
+    async for client in open_client(create_app(make_settings(redis_url))):
+        yield client

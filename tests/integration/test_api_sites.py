@@ -11,7 +11,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.main import create_app
 from streams.commands.sites import shipped_sites
 from streams.core import sites as core
-from tests.integration.test_api import (
+from tests.integration.api_helpers import (
     KEYS,
     assert_problem,
     make_settings,
@@ -41,19 +41,6 @@ MINE = "\n".join([
     "Op B,Gamma,XX,,,,40,0,mining,2024-03-31,bad country,",
     "Op C,Delta,US,US-GA,,,-1,0,mining,2024-03-31,negative,",
 ]) + "\n"
-
-
-@pytest.fixture()
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-async def api(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in open_client(create_app(make_settings(redis_url))):
-        yield client
 
 
 @pytest.fixture()
@@ -163,13 +150,13 @@ def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], fl
 
 
 async def test_metrics_capacity_and_utilisation(api: httpx.AsyncClient,
-                                                redis_client: redis.Redis) -> None:
+                                                store: redis.Redis) -> None:
     snapshot = make_snapshot(time.time())
-    publish_snapshot(redis_client, snapshot, "etag-sites")
+    publish_snapshot(store, snapshot, "etag-sites")
     try:
         text = (await api.get("/metrics")).text
     finally:
-        redis_client.delete(KEYS.snapshot)
+        store.delete(KEYS.snapshot)
     capacity = metric_samples(text, "hashatlas_site_capacity_watts")
     state = core.latest(shipped_sites())
     assert math.fsum(capacity.values()) == pytest.approx(

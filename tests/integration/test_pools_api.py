@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -13,32 +12,16 @@ import orjson
 import pytest
 import redis
 
-from api.main import create_app
 from streams.core.pools import PoolMemory, pool_history_points, pools_section
-from tests.integration.test_api import (
+from tests.integration.api_helpers import (
     KEYS,
     assert_names_parameter,
     assert_problem,
-    make_settings,
     make_snapshot,
-    open_client,
 )
 
 T0 = 1_732_000_000.0
 D = 6e20 * 600 / 2**32
-
-
-@pytest.fixture()
-def store(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-async def api(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in open_client(create_app(make_settings(redis_url))):
-        yield client
 
 
 def chain_summary(blocks: int) -> dict[str, Any]:

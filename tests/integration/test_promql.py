@@ -42,7 +42,8 @@ from prometheus_client import REGISTRY, generate_latest
 from api.deps import redis_lifespan
 from api.metrics import RequestMetrics, render_metrics
 from streams import metrics as pipeline
-from streams.contracts import EstimateSnapshot, RegionalShiftAlert
+from streams.contracts import RegionalShiftAlert
+from streams.models.snapshot import EstimateSnapshot
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 from tests.conftest import free_port
@@ -115,7 +116,7 @@ def _region_entry(code: str, share: float, day: Day) -> dict[str, Any]:
         "hashrate_hs": share * day.hashrate_hs,
         "hashrate_ci95_hs": [(share - half_width) * day.hashrate_hs,
                              (share + half_width) * day.hashrate_hs],
-        "sample_hashrate_hs": 0.4 * share * day.hashrate_hs,
+        "sample_hashrate_hs": 0.4 * share * day.hashrate_hs, "sample_hashrate_ci95_hs": None,
         "power_w": power, "annualized_twh": _twh(power), "electricity_usd_kwh": 0.05,
         "subdivisions": ["CN-XJ"] if code == "CN" else [],
     }
@@ -125,20 +126,24 @@ def build_snapshot(day: Day, now: float) -> dict[str, Any]:
     """A snapshot as the publisher writes it, stale because no share input arrives."""
     snapshot = {
         "type": "estimate", "as_of": now - 48.0, "published_at": now, "window_s": 300,
-        "stale": True,
+        "stale": True, "max_event_ts": now - 48.0,
         "network": {
             "hashrate_hs": day.hashrate_hs,
             "hashrate_ci95_hs": [0.96 * day.hashrate_hs, 1.04 * day.hashrate_hs],
             "source": "fused", "sources": ["shares", "blocks"], "coverage": 0.41,
             "sample_hashrate_hs": 0.41 * day.hashrate_hs, "power_w": day.power_w,
             "annualized_twh": _twh(day.power_w),
-            "hashprice_usd_ph_day": day.hashprice_usd_ph_day,
+            "hashprice_usd_ph_day": day.hashprice_usd_ph_day, "coverage_ci95": None,
+            "profitability_threshold_j_gh": None, "block_hashrate_hs": None,
+            "block_hashrate_ci95_hs": None, "blocks_seen": 0, "tip_height": None,
+            "implausible_pools": {},
         },
         "regions": [_region_entry(code, share, day) for code, share in SHARES.items()],
         "subdivisions": [_region_entry("CN-XJ", XINJIANG_SHARE, day)],
+        "pools": pools_of_the_day(day, now),
+        "site_utilisation": [],
     }
     EstimateSnapshot.model_validate(snapshot)
-    snapshot["pools"] = pools_of_the_day(day, now)
     return snapshot
 
 

@@ -11,7 +11,7 @@ import httpx
 import pycountry
 
 from api.main import create_app
-from api.page import STATIC_DIR
+from api.routes.page import STATIC_DIR
 from streams.settings import Settings
 
 VENDOR = STATIC_DIR / "vendor"

@@ -7,66 +7,38 @@ problem, a bad parameter a 422 naming it.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Path
 from starlette.responses import Response
 
 from api.deps import SettingsDep, StoreDep
-from api.main import (
+from api.history import (
     CSV_MEDIA_TYPE,
-    JSON_MEDIA_TYPE,
-    HistoryFormat,
+    AcceptHeader,
+    HistoryEnd,
+    HistoryFormatQuery,
+    HistoryStart,
+    HistoryStep,
     history_span,
-    is_stale,
     json_array_of_objects,
     last_point_per_step,
-    no_snapshot,
-    prefers_csv,
+    points_csv,
+    wants_csv,
 )
+from api.models.pools import PoolHistoryResponse, PoolResponse, PoolsResponse
 from api.problems import not_found, problem_responses
+from api.snapshots import JSON_MEDIA_TYPE, is_stale, no_snapshot
 
 POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"
 POOL_CSV_COLUMNS = ("t", "hashrate_hs", "hashrate_lower_hs", "hashrate_upper_hs", "work_share",
                     "hashrate_2016_hs", "sample_hashrate_hs", "luck_144", "luck_2016", "status")
+PoolSlug = Annotated[str, Path(pattern=POOL_PATTERN, examples=["foundry-usa"],
+                               description="pool slug")]
 
-router = APIRouter()
-
-
-class PoolEntry(BaseModel):
-    """One pool: hashrate from blocks per window, luck and validation (sampled pools)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    pool: str
-    name: str
-    sampled: bool
-    hashrate: dict[str, Any]
-    luck: dict[str, Any] | None = None
-    validation: dict[str, Any]
-
-
-class PoolsResponse(BaseModel):
-    """The snapshot's pools section, largest pool first."""
-
-    model_config = ConfigDict(extra="allow")
-
-    as_of: float
-    stale: bool
-    pools: list[PoolEntry]
-
-
-class PoolHistoryResponse(BaseModel):
-    pool: str
-    start: float
-    end: float
-    step: float
-    points: list[dict[str, Any]]
+router = APIRouter(tags=["pools"])
 
 
 async def _pools_section(store: StoreDep, settings: SettingsDep) -> dict[str, Any]:
@@ -83,7 +55,6 @@ async def _pools_section(store: StoreDep, settings: SettingsDep) -> dict[str, An
 
 @router.get(
     "/v1/pools",
-    tags=["pools"],
     summary="Every pool: hashrate from blocks, luck, validation, attribution, hashprice",
     description=(
         "The current snapshot's `pools` section: per pool its hashrate over the last 144, 1008 "
@@ -107,19 +78,13 @@ def _pool_slug(pool: str) -> str:
 
 @router.get(
     "/v1/pools/{pool}",
-    tags=["pools"],
     summary="One pool's hashrate, luck, validation and attribution",
     description="The pool's entry (by slug, e.g. `foundry-usa`; case-insensitive). 404 if the "
     "current snapshot has no such pool.",
-    response_model=PoolEntry,
+    response_model=PoolResponse,
     responses=problem_responses(404, 422, 503),
 )
-async def pool_entry(
-    store: StoreDep,
-    settings: SettingsDep,
-    pool: Annotated[str, Path(pattern=POOL_PATTERN, examples=["foundry-usa"],
-                              description="pool slug")],
-) -> Response:
+async def pool_entry(store: StoreDep, settings: SettingsDep, pool: PoolSlug) -> Response:
     section = await _pools_section(store, settings)
     slug = _pool_slug(pool)
     entry = next((e for e in section.get("pools") or [] if e.get("pool") == slug), None)
@@ -129,19 +94,8 @@ async def pool_entry(
     return Response(orjson.dumps(body), media_type=JSON_MEDIA_TYPE)
 
 
-def pool_history_csv(points: list[dict[str, Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(POOL_CSV_COLUMNS)
-    for point in points:
-        writer.writerow(["" if point.get(column) is None else point[column]
-                         for column in POOL_CSV_COLUMNS])
-    return buffer.getvalue().encode()
-
-
 @router.get(
     "/v1/pools/{pool}/history",
-    tags=["pools"],
     summary="A pool's history",
     description=(
         "Points with `start <= t <= end`, oldest first: hashrate over the last 144 blocks with "
@@ -159,16 +113,12 @@ def pool_history_csv(points: list[dict[str, Any]]) -> bytes:
 async def pool_history(
     store: StoreDep,
     settings: SettingsDep,
-    pool: Annotated[str, Path(pattern=POOL_PATTERN, examples=["foundry-usa"],
-                              description="pool slug")],
-    start: Annotated[float | None, Query(ge=0, allow_inf_nan=False,
-                                         description="Unix seconds (default: end − 24 h)")] = None,
-    end: Annotated[float | None, Query(ge=0, allow_inf_nan=False,
-                                       description="Unix seconds (default: now)")] = None,
-    step: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
-                                        description="seconds (default: the stored step)")] = None,
-    output_format: Annotated[HistoryFormat | None, Query(alias="format")] = None,
-    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    pool: PoolSlug,
+    start: HistoryStart = None,
+    end: HistoryEnd = None,
+    step: HistoryStep = None,
+    output_format: HistoryFormatQuery = None,
+    accept: AcceptHeader = None,
 ) -> Response:
     stored_step = settings.history_step_s
     start, end, step = history_span(start, end, step, stored_step)
@@ -180,8 +130,9 @@ async def pool_history(
             raise not_found(f"no pool {slug}: not in the current snapshot and no history kept")
     points = json_array_of_objects(last_point_per_step(rows, step, stored_step))
     headers = {"Vary": "Accept"}
-    if output_format is HistoryFormat.csv or (output_format is None and prefers_csv(accept)):
+    if wants_csv(output_format, accept):
         headers["Content-Disposition"] = f'inline; filename="hashatlas-pool-{slug}.csv"'
-        return Response(pool_history_csv(points), media_type=CSV_MEDIA_TYPE, headers=headers)
+        return Response(points_csv(points, POOL_CSV_COLUMNS), media_type=CSV_MEDIA_TYPE,
+                        headers=headers)
     body = {"pool": slug, "start": start, "end": end, "step": step, "points": points}
     return Response(orjson.dumps(body), media_type=JSON_MEDIA_TYPE, headers=headers)
