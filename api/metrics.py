@@ -355,6 +355,12 @@ def pool_metrics(section: Mapping[str, Any], firing_by_pool: Mapping[str, int]
     yield from (hashrate, lower, upper, share, sample, luck, luck_lower, luck_upper, diverging)
     yield _gauge("hashatlas_pool_divergence_alerts_firing",
                  "pool_divergence alerts currently firing", float(sum(firing_by_pool.values())))
+    yield from chain_metrics(section)
+
+
+def chain_metrics(section: Mapping[str, Any]) -> Iterator[Metric]:
+    """Gauges of the pools section that describe the chain, not one pool: how its blocks were
+    attributed, and hashprice over its last blocks."""
     attribution = section.get("attribution") or {}
     methods = GaugeMetricFamily("hashatlas_blocks_attribution_work_ratio",
                                 "Share of recent block work attributed by each method",

@@ -231,7 +231,8 @@ def build_snapshot(
     published_at: float,
     stale: bool,
 ) -> dict[str, Any]:
-    """The snapshot JSON (EstimateSnapshot) for the headline window."""
+    """The snapshot JSON for the headline window (``streams.models.snapshot.EstimateSnapshot``
+    describes every field; the leader adds ``inputs``)."""
     chain = chain or {"blocks": 0}
     totals = {key: t for key, t in sample.windows.get(config.headline_window_s, {}).items()
               if t.effective_seconds > 0}
