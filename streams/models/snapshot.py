@@ -77,13 +77,16 @@ class NetworkEntry(_Strict):
         "difficulty, at the latest BTC/USD price; null without a price or chain"))
     profitability_threshold_j_gh: float | None = Field(description=(
         "Efficiency, J/GH, above which hardware loses money at the reference electricity "
-        "price; exponentially smoothed over 7 days; null without a price or chain"))
+        "price, from the chain's reward and the BTC price; exponentially smoothed (7-day time "
+        "constant); null without a price or chain"))
     block_hashrate_hs: float | None = Field(description=(
         "Hashrate implied by the last block_window blocks' work and time span, H/s "
         "(GetNetworkHashPS); describes the span's mean, not now; null without enough blocks"))
     block_hashrate_ci95_hs: Pair | None = Field(description=(
         "Exact (Poisson on the block count) 95 % interval of block_hashrate_hs, H/s"))
-    blocks_seen: int = Field(description="Blocks of the best chain the leader knows, count")
+    blocks_seen: int = Field(description=(
+        "Blocks of the best chain the workers hold (the most recent ones, up to the chain's "
+        "capacity), count"))
     tip_height: int | None = Field(description=(
         "Height of the best chain's tip; null before any block"))
     implausible_pools: dict[str, float] = Field(description=(
@@ -139,7 +142,8 @@ class PoolWindowHashrate(_Strict):
     window_blocks: int = Field(description="Length of the window, blocks")
     work_share: float = Field(description="Pool's share of the window's block work (0..1)")
     work_share_ci95: Pair | None = Field(description=(
-        "Exact binomial 95 % interval of work_share (0..1); null when the pool found no block"))
+        "Exact binomial 95 % interval (on the block count) of work_share (0..1); null when "
+        "the pool found no block in the window"))
     hashrate_hs: float | None = Field(description=(
         "work_share × network hashrate, H/s; assumes block attribution is right; null without "
         "a network estimate or block"))
@@ -162,7 +166,7 @@ class PoolLuck(_Strict):
     luck_ci95: Pair | None = Field(description=(
         "Garwood 95 % interval of luck on the found count; null with luck"))
     p_value: float = Field(description=(
-        "Two-sided Poisson p-value of blocks_found given expected_blocks (0..1)"))
+        "Two-sided exact Poisson p-value of blocks_found given expected_blocks (0..1)"))
 
 
 class PoolDivergence(_Strict):
