@@ -9,8 +9,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.localstack import create_topics
 from streams.settings import Partitions, Settings, Topics
+from streams.topics import create_topics
 
 
 @pytest.fixture()
