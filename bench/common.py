@@ -44,9 +44,9 @@ if str(PROJECT_ROOT) not in sys.path:  # the tests package is not installed, onl
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from streams.kafka import client_options  # noqa: E402
-from streams.localstack import create_topics  # noqa: E402
 from streams.rediskeys import RedisKeys  # noqa: E402
 from streams.settings import Partitions, Settings, Topics  # noqa: E402
+from streams.topics import create_topics  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.pipeline_helpers import (  # noqa: E402
     Compactor,

@@ -52,9 +52,9 @@ from bench.common import (
     wait_first_progress,
     wait_for_log,
 )
+from streams.core.units import HASHES_PER_DIFFICULTY
 from streams.settings import Settings
 
-HASHES_PER_DIFFICULTY = 2.0**32
 MEAN_BATCH_SHARES = 500.0
 # Capacity-plan assumptions (stated in the output).
 HEADROOM = 0.5  # run at half a core's rate: a backlog after an outage drains at 2× the inflow

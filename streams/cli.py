@@ -21,27 +21,27 @@ from streams.settings import PROJECT_ROOT, get_settings
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from streams import localstack
+    from streams import stack, topics
 
     settings = get_settings()
     try:
         if args.action == "install":
-            localstack.stack_install(settings, with_prometheus=args.prometheus,
+            stack.stack_install(settings, with_prometheus=args.prometheus,
                                      with_browser=args.browser)
         elif args.action == "up":
-            localstack.stack_up(settings, with_prometheus=args.prometheus)
+            stack.stack_up(settings, with_prometheus=args.prometheus)
         elif args.action == "down":
-            localstack.stack_down(settings)
+            stack.stack_down(settings)
         elif args.action == "status":
-            status = localstack.stack_status(settings)
+            status = stack.stack_status(settings)
             print(json.dumps(status, indent=2))
             return 0 if all(entry["answering"] for entry in status.values()) else 1
         elif args.action == "topics":
             import asyncio
 
-            created = asyncio.run(localstack.create_topics(settings))
+            created = asyncio.run(topics.create_topics(settings))
             print("created: " + (", ".join(created) or "nothing (all present)"))
-    except localstack.StackError as exc:
+    except stack.StackError as exc:
         print(f"hashatlas stack {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0

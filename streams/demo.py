@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.kafka import client_options
-from streams.localstack import create_topics, list_topics, stack_up
 from streams.settings import Settings, Topics, settings_env
+from streams.stack import stack_up
+from streams.topics import create_topics, list_topics
 
 DEMO_PREFIX = "hashatlas-demo-"
 NAMESPACE_LENGTH = len(DEMO_PREFIX) + len("YYYYmmdd-HHMMSS")

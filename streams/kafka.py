@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.settings import Settings
+from streams.settings import KafkaSettings
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
     """Bootstrap servers plus security options (SASL/TLS) from settings, for aiokafka clients."""
     options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
     security = settings.kafka_security_protocol

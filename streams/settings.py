@@ -44,15 +44,10 @@ class Partitions(BaseModel):
     history: int = Field(default=1, ge=1)
 
 
-class Settings(BaseSettings):
-    """Every tunable of the stack, the pipeline and the API, with defaults a user can rely on."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="HASHATLAS_", env_nested_delimiter="__", extra="ignore"
-    )
+class KafkaSettings(BaseModel):
+    """How every process reaches Kafka, and the topics it reads and writes."""
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_controller_port: int = 9093
     kafka_security_protocol: str = Field(
         default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
     )
@@ -60,21 +55,38 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
-    redis_prefix: str = "hashatlas"
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    cors_origins: list[str] = Field(default_factory=list)
-    alert_webhook_url: str | None = None
-    alert_webhook_secret: SecretStr | None = None
-    worker_web_port: int = 6066
-    metrics_port_base: int = 9110
-    metrics_host: str = "127.0.0.1"
-
     topics: Topics = Topics()
     partitions: Partitions = Partitions()
-    app_id: str = "hashatlas"
+    #: How often Kafka clients refresh topic metadata: a topic or partition created after a
+    #: worker joined is read within this long (aiokafka's default is 5 minutes).
+    metadata_max_age_s: float = Field(default=5.0, gt=0.0)
+    max_message_bytes: int = Field(default=1_000_000, gt=0)
 
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+class RedisSettings(BaseModel):
+    """Where the pipeline keeps its estimates for the API."""
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
+    redis_prefix: str = "hashatlas"
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        """Host and port of ``redis_url``, for the local stack that starts Redis itself."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self.redis_url)
+        return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+
+class PipelineSettings(BaseModel):
+    """The compactor, the workers and the snapshot leader: windows, bounds, clocks, outputs."""
+
+    app_id: str = "hashatlas"
     windows_s: list[float] = Field(default=[60.0, 300.0, 900.0, 3600.0, 86400.0])
     headline_window_s: float = 300.0
     allowed_lateness_s: float = Field(default=60.0, ge=0.0)
@@ -90,9 +102,6 @@ class Settings(BaseSettings):
     #: ``other`` until the next flush, so a label flood cannot exhaust its memory.
     max_compactor_keys: int = Field(default=100_000, ge=1)
     checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
-    #: How often Kafka clients refresh topic metadata: a topic or partition created after a
-    #: worker joined is read within this long (aiokafka's default is 5 minutes).
-    metadata_max_age_s: float = Field(default=5.0, gt=0.0)
     # A worker assigned partitions whose changelog recovery has not finished after this long
     # stops (see streams.app crash_if_recovery_stalls); run workers under a supervisor.
     recovery_stall_s: float = Field(default=90.0, gt=0.0)
@@ -101,11 +110,24 @@ class Settings(BaseSettings):
     #: History steps and alerts the snapshot leader holds while Kafka does not take them
     #: (beyond, the oldest is dropped and counted); estimates keep only the newest.
     leader_outbox_capacity: int = Field(default=10_000, ge=1)
-    stale_after_s: float = Field(default=30.0, gt=0.0)
     history_step_s: float = Field(default=60.0, gt=0.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
     compact_interval_s: float = Field(default=1.0, gt=0.0)
-    max_message_bytes: int = Field(default=1_000_000, gt=0)
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: SecretStr | None = None
+    metrics_port_base: int = 9110
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("windows_s")
+    @classmethod
+    def _windows_positive(cls, windows: list[float]) -> list[float]:
+        if not windows or any(w <= 0 for w in windows):
+            raise ValueError("windows_s must be a non-empty list of positive seconds")
+        return sorted(windows)
+
+
+class EstimationSettings(BaseModel):
+    """The inputs of the electricity and capacity estimates that a user may replace."""
 
     electricity_method: str = "1.4.0"
     electricity_prices_file: Path | None = None
@@ -117,18 +139,6 @@ class Settings(BaseSettings):
     sites_file: Path | None = None
     sites_mode: Literal["extend", "replace"] = "extend"
 
-    state_dir: Path = PROJECT_ROOT / ".stack"
-    kafka_version: str = "4.1.1"
-    log4j_version: str = "2.26.1"
-    stack_start_timeout_s: float = Field(default=90.0, gt=0.0)
-
-    @field_validator("windows_s")
-    @classmethod
-    def _windows_positive(cls, windows: list[float]) -> list[float]:
-        if not windows or any(w <= 0 for w in windows):
-            raise ValueError("windows_s must be a non-empty list of positive seconds")
-        return sorted(windows)
-
     @field_validator("electricity_method")
     @classmethod
     def _known_method(cls, method: str) -> str:
@@ -136,18 +146,39 @@ class Settings(BaseSettings):
             raise ValueError("electricity_method must be '1.4.0' or '1.2.0'")
         return method
 
-    @property
-    def redis_host_port(self) -> tuple[str, int]:
-        """Host and port of ``redis_url``, for the local stack that starts Redis itself."""
-        from urllib.parse import urlparse
 
-        parsed = urlparse(self.redis_url)
-        return parsed.hostname or "127.0.0.1", parsed.port or 6379
+class ApiSettings(BaseModel):
+    """The HTTP API: where it listens, who may call it from a browser, when data is stale."""
 
-    @property
-    def kafka_host_port(self) -> tuple[str, int]:
-        host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
-        return host or "127.0.0.1", int(port)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    cors_origins: list[str] = Field(default_factory=list)
+    stale_after_s: float = Field(default=30.0, gt=0.0)
+
+
+class StackSettings(BaseModel):
+    """The local stack ``hashatlas stack`` installs and runs (not used in production)."""
+
+    state_dir: Path = PROJECT_ROOT / ".stack"
+    kafka_controller_port: int = 9093
+    kafka_version: str = "4.1.1"
+    log4j_version: str = "2.26.1"
+    stack_start_timeout_s: float = Field(default=90.0, gt=0.0)
+
+
+class Settings(
+    BaseSettings, KafkaSettings, RedisSettings, PipelineSettings, EstimationSettings,
+    ApiSettings, StackSettings,
+):
+    """Every tunable of the stack, the pipeline and the API, with defaults a user can rely on.
+
+    Grouped by concern in the classes above, which a part may take as its parameter type to say
+    what it reads; the variables stay flat (``HASHATLAS_KAFKA_BOOTSTRAP``, ``HASHATLAS_API_PORT``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="HASHATLAS_", env_nested_delimiter="__", extra="ignore"
+    )
 
 
 def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -156,12 +187,7 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
     source = os.environ if base is None else base
     env = {k: v for k, v in source.items() if not k.startswith("HASHATLAS_")}
     for name, value in settings.model_dump(mode="json").items():
-        if isinstance(value, dict):
-            for sub, sub_value in value.items():
-                env[f"HASHATLAS_{name.upper()}__{sub.upper()}"] = (
-                    json.dumps(sub_value) if isinstance(sub_value, dict | list) else str(sub_value)
-                )
-        elif isinstance(value, list):
+        if isinstance(value, dict | list):  # whole, as JSON: nested names would be lower-cased
             env[f"HASHATLAS_{name.upper()}"] = json.dumps(value)
         elif value is not None:
             env[f"HASHATLAS_{name.upper()}"] = str(value)

@@ -76,17 +76,17 @@ def redis_url(redis_server: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private single-node Kafka (KRaft) on free ports for the whole test session."""
-    from streams import localstack
+    from streams import stack
     from streams.settings import Settings
 
     settings = Settings(
         kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
         state_dir=tmp_path_factory.mktemp("kafka-stack"),
     )
-    localstack.ensure_dirs(settings)
+    stack.ensure_dirs(settings)
     try:
-        localstack.start_kafka(settings)
-    except localstack.StackError as exc:
+        stack.start_kafka(settings)
+    except stack.StackError as exc:
         pytest.fail(f"the test session's Kafka did not start: {exc}")
     yield settings.kafka_bootstrap
-    localstack.stop_service(localstack.kafka_service(settings), settings)
+    stack.stop_service(stack.kafka_service(settings), settings)

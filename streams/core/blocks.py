@@ -458,13 +458,27 @@ def _hex64_field(event: Mapping[str, Any], field: str) -> str | None:
     return value.lower()
 
 
-def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None) -> BlockFacts:
-    """Turn one ``block`` event into its facts; InvalidEvent names the bad field.
+@dataclass(frozen=True)
+class _Header:
+    height: int
+    hash: str
+    prev_hash: str | None
+    time: float
+    bits: str
+    difficulty: float
+    work: int
 
-    The pool comes from the coinbase (payout address, then tag) when ``coinbase_hex`` and a pool
-    directory are given; a pool the feed names (``pool``: name or slug) is used when the coinbase
-    is absent or matches no listed pool. Fees are None when neither coinbase nor value is given.
-    """
+
+@dataclass(frozen=True)
+class _Attribution:
+    match: PoolMatch
+    detail: AttributionDetail
+    conflicting: str | None
+    coinbase_value: int | None
+
+
+def _header(event: Mapping[str, Any]) -> _Header:
+    """The header fields of a ``block`` event, checked; InvalidEvent names the bad field."""
     kind = event.get("type", "block")
     if kind != "block":
         raise InvalidEvent("type", f"expected 'block', got {kind!r}")
@@ -474,7 +488,6 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
     block_hash = _hex64_field(event, "hash")
     if block_hash is None:
         raise InvalidEvent("hash", "missing")
-    prev_hash = _hex64_field(event, "prev_hash")
     time = event.get("time")
     if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
         raise InvalidEvent("time", "must be a finite number of Unix seconds")
@@ -484,11 +497,66 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
         raise InvalidEvent("bits", "missing")
     try:
         bits = f"{_bits_to_int(event['bits']):08x}"
-        difficulty = difficulty_from_bits(bits)
-        work = work_from_bits(bits)
+        difficulty, work = difficulty_from_bits(bits), work_from_bits(bits)
     except ValueError as exc:
         raise InvalidEvent("bits", str(exc)) from None
+    return _Header(height, block_hash, _hex64_field(event, "prev_hash"), float(time), bits,
+                   difficulty, work)
 
+
+def _coinbase_attribution(event: Mapping[str, Any], declared_value: int | None,
+                          pools: PoolDirectory | None) -> _Attribution:
+    """The pool named by the coinbase's payout addresses and tag, and the coinbase's value."""
+    coinbase_hex = event.get("coinbase_hex")
+    if coinbase_hex is None:
+        return _Attribution(UNKNOWN_POOL, "unknown", None, declared_value)
+    if not isinstance(coinbase_hex, str):
+        raise InvalidEvent("coinbase_hex", "must be a hex string")
+    try:
+        coinbase = parse_coinbase(coinbase_hex)
+    except ValueError as exc:
+        raise InvalidEvent("coinbase_hex", str(exc)) from None
+    value = coinbase.total_out_sat
+    if declared_value is not None and declared_value != value:
+        raise InvalidEvent(
+            "coinbase_value_sat",
+            f"{declared_value} differs from the coinbase outputs' total {value}",
+        )
+    if pools is None:
+        return _Attribution(UNKNOWN_POOL, "unknown", None, value)
+    addresses = [
+        address
+        for output in coinbase.outputs
+        if (address := script_to_address(output.script_pubkey)) is not None
+    ]
+    by_address, by_tag = pools.evidence(addresses, coinbase.script_sig)
+    detail, conflicting = attribution_detail(by_address, by_tag)
+    return _Attribution(pools.attribute(addresses, coinbase.script_sig), detail, conflicting, value)
+
+
+def _feed_attribution(feed_pool: str, pools: PoolDirectory | None,
+                      found: _Attribution) -> _Attribution:
+    """The pool the feed names, for a block whose coinbase named none."""
+    listed = pools.lookup(feed_pool) if pools is not None else None
+    if listed is not None:
+        return _Attribution(listed, "feed", found.conflicting, found.coinbase_value)
+    if feed_pool.strip().lower() == UNKNOWN_POOL.slug:
+        return _Attribution(UNKNOWN_POOL, "unknown", found.conflicting, found.coinbase_value)
+    try:
+        match = PoolMatch(name=feed_pool, slug=pool_slug(feed_pool), method="feed")
+    except ValueError as exc:
+        raise InvalidEvent("pool", str(exc)) from None
+    return _Attribution(match, "feed", found.conflicting, found.coinbase_value)
+
+
+def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None) -> BlockFacts:
+    """Turn one ``block`` event into its facts; InvalidEvent names the bad field.
+
+    The pool comes from the coinbase (payout address, then tag) when ``coinbase_hex`` and a pool
+    directory are given; a pool the feed names (``pool``: name or slug) is used when the coinbase
+    is absent or matches no listed pool. Fees are None when neither coinbase nor value is given.
+    """
+    header = _header(event)
     declared_value = event.get("coinbase_value_sat")
     if declared_value is not None and (
         isinstance(declared_value, bool)
@@ -496,69 +564,21 @@ def describe_block(event: Mapping[str, Any], pools: PoolDirectory | None = None)
         or declared_value < 0
     ):
         raise InvalidEvent("coinbase_value_sat", "must be a non-negative integer")
-
     feed_pool = event.get("pool")
     if feed_pool is not None and (not isinstance(feed_pool, str) or not feed_pool.strip()):
         raise InvalidEvent("pool", "must be a non-empty string")
-
-    match = UNKNOWN_POOL
-    detail: AttributionDetail = "unknown"
-    conflicting: str | None = None
-    coinbase_value = declared_value
-    coinbase_hex = event.get("coinbase_hex")
-    if coinbase_hex is not None:
-        if not isinstance(coinbase_hex, str):
-            raise InvalidEvent("coinbase_hex", "must be a hex string")
-        try:
-            coinbase = parse_coinbase(coinbase_hex)
-        except ValueError as exc:
-            raise InvalidEvent("coinbase_hex", str(exc)) from None
-        coinbase_value = coinbase.total_out_sat
-        if declared_value is not None and declared_value != coinbase_value:
-            raise InvalidEvent(
-                "coinbase_value_sat",
-                f"{declared_value} differs from the coinbase outputs' total {coinbase_value}",
-            )
-        if pools is not None:
-            addresses = [
-                address
-                for output in coinbase.outputs
-                if (address := script_to_address(output.script_pubkey)) is not None
-            ]
-            match = pools.attribute(addresses, coinbase.script_sig)
-            by_address, by_tag = pools.evidence(addresses, coinbase.script_sig)
-            detail, conflicting = attribution_detail(by_address, by_tag)
-
-    if match.method == "unknown" and feed_pool is not None:
-        detail = "feed"
-        listed = pools.lookup(feed_pool) if pools is not None else None
-        if listed is not None:
-            match = listed
-        elif feed_pool.strip().lower() == UNKNOWN_POOL.slug:
-            match = UNKNOWN_POOL
-            detail = "unknown"
-        else:
-            try:
-                match = PoolMatch(name=feed_pool, slug=pool_slug(feed_pool), method="feed")
-            except ValueError as exc:
-                raise InvalidEvent("pool", str(exc)) from None
-
+    found = _coinbase_attribution(event, declared_value, pools)
+    if found.match.method == "unknown" and feed_pool is not None:
+        found = _feed_attribution(feed_pool, pools, found)
+    value = found.coinbase_value
     return BlockFacts(
-        height=height,
-        hash=block_hash,
-        prev_hash=prev_hash,
-        time=float(time),
-        bits=bits,
-        pool=match.name,
-        pool_slug=match.slug,
-        attribution=match.method,
-        difficulty=difficulty,
-        work=work,
-        subsidy_sat=block_subsidy_sat(height),
-        fees_sat=None if coinbase_value is None else fees_sat(height, coinbase_value),
-        coinbase_value_sat=coinbase_value,
-        attribution_detail=detail,
-        conflicting_pool_slug=conflicting,
+        height=header.height, hash=header.hash, prev_hash=header.prev_hash, time=header.time,
+        bits=header.bits, pool=found.match.name, pool_slug=found.match.slug,
+        attribution=found.match.method, difficulty=header.difficulty, work=header.work,
+        subsidy_sat=block_subsidy_sat(header.height),
+        fees_sat=None if value is None else fees_sat(header.height, value),
+        coinbase_value_sat=value, attribution_detail=found.detail,
+        conflicting_pool_slug=found.conflicting,
     )
 
 

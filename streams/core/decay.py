@@ -15,7 +15,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-HASHES_PER_DIFFICULTY = 2.0**32
+from streams.core.units import HASHES_PER_DIFFICULTY
+
 MAX_DECAY_EXPONENT = 36.0
 MIN_UPDATE_SECONDS = 1e-3
 """Two shares in the same instant would divide by zero; ckpool bounds its time differences

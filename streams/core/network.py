@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.core.intervals import gamma_quantile
+from streams.core.units import HASHES_PER_DIFFICULTY
 
 Z95 = 1.959963984540054
-HASHES_PER_DIFFICULTY = 2.0**32
 TARGET_BLOCK_INTERVAL_S = 600.0
 BLOCKS_PER_DAY = 86400.0 / TARGET_BLOCK_INTERVAL_S
 # Pool coverage moves slowly (pools gain or lose hashers over weeks), while its binomial noise falls

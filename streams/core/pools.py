@@ -33,9 +33,8 @@ from typing import Any, Protocol
 
 from streams.core.blocks import block_subsidy_sat, pool_slug
 from streams.core.intervals import poisson_interval, regularized_gamma_pq
+from streams.core.units import HASHES_PER_DIFFICULTY, SECONDS_PER_DAY
 
-HASHES_PER_DIFFICULTY = 2.0**32
-SECONDS_PER_DAY = 86400.0
 SAT_PER_BTC = 1e8
 TH = 1e12
 Z95 = 1.959963984540054

@@ -63,8 +63,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.core.intervals import compound_poisson_interval
+from streams.core.units import HASHES_PER_DIFFICULTY
 
-HASHES_PER_DIFFICULTY = 2.0**32
 STATE_VERSION = 1
 
 Key = tuple[str, str]

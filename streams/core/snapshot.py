@@ -45,9 +45,8 @@ from streams.core.regions import (
     regional_hashrates,
 )
 from streams.core.sites import site_utilisation
+from streams.core.units import HASHES_PER_DIFFICULTY, SECONDS_PER_DAY
 
-HASHES_PER_DIFFICULTY = 2.0**32
-SECONDS_PER_DAY = 86400.0
 #: Time constant of the live threshold's exponential mean: the mean age of a 14-day window.
 THRESHOLD_SMOOTHING_S = 7 * SECONDS_PER_DAY
 Key = tuple[str, str]

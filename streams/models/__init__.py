@@ -1,5 +1,5 @@
-"""Typed models of the data that crosses a boundary inside the pipeline (partials, chain
-summary, snapshot).
+"""Typed models of the data that crosses a boundary inside the pipeline.
 
-Both sides of each boundary import the same model: the writer builds it, the reader validates it.
+Partials, the chain summary and the snapshot: both sides of each boundary import the same model,
+the writer builds it and the reader validates it.
 """

@@ -49,12 +49,12 @@ from streams.core.blocks import (
     work_from_bits,
 )
 from streams.core.regions import country_of
+from streams.core.units import HASHES_PER_DIFFICULTY
 from streams.sim.scenario import MachineSpec, Scenario, ShockSpec
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-HASHES_PER_DIFFICULTY = 2.0**32
 TARGET_BLOCK_S = 600
 RETARGET_INTERVAL = 2016
 RETARGET_TIMESPAN_S = RETARGET_INTERVAL * TARGET_BLOCK_S

@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.core.pools import WINDOWS, DivergenceDetector, DivergenceParams, pool_luck
+from streams.core.units import HASHES_PER_DIFFICULTY
 
-HASHES_PER_DIFFICULTY = 2.0**32
 NETWORK_HS = 6.0e20
 SHARE_DIFFICULTY = 2.0**20  # ~ a hundred thousand shares per block interval for a 20 % pool
 

@@ -12,8 +12,8 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from api.main import create_app
-from streams.localstack import create_topics
 from streams.settings import Partitions, Settings, Topics
+from streams.topics import create_topics
 from tests.integration.api_helpers import make_settings, open_client
 
 

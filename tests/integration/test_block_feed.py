@@ -41,8 +41,8 @@ from streams.feeds.blocks import (
     follow_blocks,
     http_client,
 )
-from streams.localstack import create_topics
 from streams.settings import PROJECT_ROOT, Settings, get_settings
+from streams.topics import create_topics
 from tests.conftest import TEST_DATA, free_port
 from tests.integration.recorded_http import Request, Response, recorded_server
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from streams import localstack
+from streams import stack
 from streams.settings import Settings, settings_env
+from streams.topics import list_topics
 from tests.conftest import free_port
 
 FRESH_WITHIN_S = 90.0
@@ -38,7 +39,7 @@ def demo_stack(tmp_path: Path) -> Iterator[Settings]:
         metrics_port_base=free_port(), state_dir=tmp_path / "stack",
     )
     yield settings
-    localstack.stack_down(settings)
+    stack.stack_down(settings)
 
 
 class Demo:
@@ -136,9 +137,9 @@ def test_demo_is_live_and_a_second_run_starts_clean(demo_stack: Settings, tmp_pa
         took = second.wait_fresh(FRESH_WITHIN_S)
         assert second.namespace() != old
         assert "cleaned up 1 earlier demo run(s)" in second.output()
-        topics = asyncio.run(localstack.list_topics(demo_stack))
-        assert not [name for name in topics if name.startswith(old)]
-        assert any(name.startswith(second.namespace()) for name in topics)
+        names = asyncio.run(list_topics(demo_stack))
+        assert not [name for name in names if name.startswith(old)]
+        assert any(name.startswith(second.namespace()) for name in names)
         alert = second.wait_alert(ALERT_WITHIN_S)
         print(f"second demo fresh after {took:.1f} s; {alert['region']} {alert['direction']} "
               f"alert {time.monotonic() - second.started:.0f} s after start")

@@ -28,9 +28,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
 
 from api.main import create_app
-from streams import localstack
-from streams.localstack import create_topics
+from streams import stack
 from streams.settings import Partitions, Settings, Topics
+from streams.topics import create_topics
 from tests.conftest import free_port
 from tests.integration.pipeline_helpers import (
     Compactor,
@@ -298,12 +298,12 @@ async def private_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Setting
     )
     for sub in ("run", "logs", "data"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(localstack.start_kafka, settings)
+    await asyncio.to_thread(stack.start_kafka, settings)
     try:
         await create_topics(settings)
         yield settings
     finally:
-        await asyncio.to_thread(localstack.stop_service, localstack.kafka_service(settings),
+        await asyncio.to_thread(stack.stop_service, stack.kafka_service(settings),
                                 settings)
 
 
@@ -453,7 +453,7 @@ async def test_broker_down_for_30_s_pipeline_resumes_without_restart(
     client_lines = CountingHandler()
     monkeypatch.setattr(client_log, "propagate", False)
     client_log.addHandler(client_lines)
-    kafka = localstack.kafka_service(settings)
+    kafka = stack.kafka_service(settings)
     feed = ShareProducer(settings)
     compactor = Compactor(settings, tmp_path / "compactor", "outage")
     worker = Worker(settings, tmp_path / "worker", "w1")
@@ -477,10 +477,10 @@ async def test_broker_down_for_30_s_pipeline_resumes_without_restart(
                 await asyncio.sleep(10.0)
                 stopped_at = time.monotonic()
                 lines_before = client_lines.count
-                await asyncio.to_thread(localstack.stop_service, kafka, settings)
+                await asyncio.to_thread(stack.stop_service, kafka, settings)
                 down_at = time.monotonic()
                 await asyncio.sleep(OUTAGE_S)
-                await asyncio.to_thread(localstack.start_kafka, settings)
+                await asyncio.to_thread(stack.start_kafka, settings)
                 up_at = time.monotonic()
                 outage_lines = client_lines.count - lines_before
                 fresh_at = None

@@ -29,8 +29,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from streams.localstack import create_topics
 from streams.settings import Partitions, Settings, Topics
+from streams.topics import create_topics
 from tests.conftest import PROJECT_ROOT, free_port
 from tests.integration.pipeline_helpers import CliProcess, Compactor, Worker
 

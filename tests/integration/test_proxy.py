@@ -30,10 +30,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.contracts import ShareBatchEvent, decode_input
 from streams.core.intervals import compound_poisson_interval
-from streams.localstack import create_topics
 from streams.proxy.accounting import worker_hash
 from streams.proxy.server import KafkaBatchSink, ProxyConfig, StratumProxy
 from streams.settings import Settings
+from streams.topics import create_topics
 from tests.conftest import free_port
 from tests.stratum_peers import StratumTestPool
 

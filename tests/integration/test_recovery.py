@@ -14,9 +14,10 @@ import orjson
 import pytest
 import redis
 
-from streams.localstack import create_topics, port_open
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
+from streams.stack import port_open
+from streams.topics import create_topics
 from tests.conftest import free_port
 from tests.integration.conftest import produce
 from tests.integration.pipeline_helpers import Worker, read_snapshot, wait_for_snapshot

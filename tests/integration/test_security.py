@@ -30,9 +30,9 @@ from pydantic import SecretStr
 from api.deps import create_redis
 from api.main import create_app
 from streams.kafka import client_options
-from streams.localstack import port_open
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
+from streams.stack import port_open
 from tests.conftest import free_port
 from tests.integration.conftest import produce
 from tests.integration.pipeline_helpers import Worker, wait_for_snapshot
@@ -382,7 +382,7 @@ async def sasl_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
     import asyncio
     import os
 
-    from streams import localstack
+    from streams import stack, topics
 
     port, controller_port = free_port(), free_port()
     run = uuid.uuid4().hex[:8]
@@ -393,16 +393,16 @@ async def sasl_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
         redis_url=redis_url, state_dir=tmp_path, app_id=f"hashatlas-sasl-{run}",
         compact_interval_s=0.2,
     )
-    libs = localstack.ensure_kafka(settings)
+    libs = stack.ensure_kafka(settings)
     java = shutil.which("java")
     assert java, "java is not installed"
     config = tmp_path / "server.properties"
     config.write_text(SASL_SERVER_PROPERTIES.format(
         port=port, controller_port=controller_port, data_dir=tmp_path / "data",
         broker_secret=BROKER_SECRET, user=SASL_USER, password=SASL_PASSWORD))
-    log_opts = [f"-Dlog4j2.configurationFile={localstack.DEPLOY_DIR / 'log4j2.properties'}",
+    log_opts = [f"-Dlog4j2.configurationFile={stack.DEPLOY_DIR / 'log4j2.properties'}",
                 f"-Dkafka.logs.file={tmp_path / 'kafka.log'}"]
-    cluster_id = localstack.kafka_cluster_id()
+    cluster_id = stack.kafka_cluster_id()
     subprocess.run([java, *log_opts, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
                     "-t", cluster_id, "-c", str(config)], check=True, capture_output=True)
     proc = subprocess.Popen([java, "-Xms128m", "-Xmx512m", *log_opts, "-cp", f"{libs}/*",
@@ -414,7 +414,7 @@ async def sasl_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
             assert proc.poll() is None, (tmp_path / "kafka.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "SASL broker not ready in 90 s"
             try:
-                await localstack.list_topics(settings)
+                await topics.list_topics(settings)
                 break
             except Exception:
                 await asyncio.sleep(0.5)
@@ -432,7 +432,7 @@ async def test_compactor_runs_on_a_sasl_broker_and_wrong_credentials_are_refused
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.errors import KafkaConnectionError
 
-    from streams import localstack
+    from streams import stack, topics
     from streams.compactor import ShareCompactor
 
     # INFO, as the processes log. (At DEBUG, aiokafka.conn logs the SASL/PLAIN request bytes,
@@ -443,10 +443,10 @@ async def test_compactor_runs_on_a_sasl_broker_and_wrong_credentials_are_refused
     # SASL settings too.
     plan = {settings.topics.shares: 2, settings.topics.compacted_shares: 2,
             settings.topics.dead_letter: 1}
-    assert sorted(await localstack.create_topics(settings, plan)) == sorted(plan)
-    assert set(plan) <= await localstack.list_topics(settings)
-    assert await localstack.create_topics(settings, plan) == []
-    assert await asyncio.to_thread(localstack._kafka_answers, settings)
+    assert sorted(await topics.create_topics(settings, plan)) == sorted(plan)
+    assert set(plan) <= await topics.list_topics(settings)
+    assert await topics.create_topics(settings, plan) == []
+    assert await asyncio.to_thread(stack.kafka_answers, settings)
 
     shares = [{"type": "share", "ts": 1_795_000_000.0 + i * 0.1, "pool": "foundry-usa",
                "region": "US-TX", "difficulty": 65536.0} for i in range(500)]
@@ -489,7 +489,7 @@ async def test_a_worker_runs_on_a_sasl_broker(sasl_kafka: Settings, tmp_path: Pa
     as every other client, and publishes the estimate of what it reads there."""
     from aiokafka import AIOKafkaProducer
 
-    from streams import localstack
+    from streams import topics
     from tests.integration.pipeline_helpers import (
         assert_matches_core,
         core_regional_sample,
@@ -498,7 +498,7 @@ async def test_a_worker_runs_on_a_sasl_broker(sasl_kafka: Settings, tmp_path: Pa
     )
 
     settings = sasl_kafka.model_copy(update={"redis_prefix": f"sasl-{uuid.uuid4().hex[:8]}"})
-    await localstack.create_topics(settings)
+    await topics.create_topics(settings)
     events = share_batches(300, 1_795_000_000.0, 300.0, seed=5)
     producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()

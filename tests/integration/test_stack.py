@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import localstack
+from streams import stack
 from streams.settings import Settings
 from tests.conftest import free_port
 
@@ -35,19 +35,19 @@ def test_up_twice_is_harmless_and_down_leaves_nothing(private_stack: Settings,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     settings = private_stack
     try:
-        localstack.stack_up(settings)
-        pids = {name: entry["pid"] for name, entry in localstack.stack_status(settings).items()}
-        localstack.stack_up(settings)
+        stack.stack_up(settings)
+        pids = {name: entry["pid"] for name, entry in stack.stack_status(settings).items()}
+        stack.stack_up(settings)
         out = capsys.readouterr().out
         assert "kafka already running" in out and "redis already running" in out
         assert "topics already present" in out
-        status = localstack.stack_status(settings)
+        status = stack.stack_status(settings)
         assert {name: entry["pid"] for name, entry in status.items()} == pids
         assert all(entry["answering"] for entry in status.values())
     finally:
-        localstack.stack_down(settings)
+        stack.stack_down(settings)
     assert all(isinstance(pid, int) and not _alive(pid) for pid in pids.values())
-    assert not any(entry["answering"] for entry in localstack.stack_status(settings).values())
+    assert not any(entry["answering"] for entry in stack.stack_status(settings).values())
     assert not list((settings.state_dir / "run").glob("*.pid"))
 
 
@@ -57,32 +57,32 @@ def test_a_taken_port_is_named(private_stack: Settings) -> None:
     with socket.socket() as squatter:
         squatter.bind((host, port))
         squatter.listen()
-        with pytest.raises(localstack.StackError, match=rf"redis: port {host}:{port} is already"):
-            localstack.start_redis(settings)
+        with pytest.raises(stack.StackError, match=rf"redis: port {host}:{port} is already"):
+            stack.start_redis(settings)
 
 
 def test_missing_java_is_named(private_stack: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    localstack.ensure_kafka(private_stack)  # cached jars: only java is missing below
+    stack.ensure_kafka(private_stack)  # cached jars: only java is missing below
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(localstack.StackError, match="java not found"):
-        localstack.start_kafka(private_stack)
+    with pytest.raises(stack.StackError, match="java not found"):
+        stack.start_kafka(private_stack)
 
 
 def test_a_broker_that_dies_at_start_points_at_its_log(private_stack: Settings) -> None:
     settings = private_stack.model_copy(update={"kafka_version": private_stack.kafka_version})
-    localstack.ensure_kafka(settings)
+    stack.ensure_kafka(settings)
     (settings.state_dir / "run").mkdir(parents=True)
     (settings.state_dir / "logs").mkdir(parents=True)
     # A data folder formatted for another cluster makes the broker exit during start-up.
     data = settings.state_dir / "data" / "kafka"
     data.mkdir(parents=True)
     (data / "meta.properties").write_text("version=1\ncluster.id=bogus\nnode.id=99\n")
-    with pytest.raises(localstack.StackError, match=r"kafka exited with code .* log: .*kafka\.log"):
-        localstack.start_kafka(settings)
+    with pytest.raises(stack.StackError, match=r"kafka exited with code .* log: .*kafka\.log"):
+        stack.start_kafka(settings)
 
 
 def test_kafka_cluster_ids_never_read_as_options() -> None:
     """One random id in 64 began with '-', and the storage tool took it for an option."""
-    ids = [localstack.kafka_cluster_id() for _ in range(5000)]
+    ids = [stack.kafka_cluster_id() for _ in range(5000)]
     assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
     assert all(len(cluster_id) == 22 for cluster_id in ids) and len(set(ids)) == len(ids)
