@@ -48,7 +48,7 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _compactor(args: argparse.Namespace) -> int:
-    from streams.compactor import run_compactor
+    from streams.pipeline.compactor import run_compactor
     from streams.metrics import serve_metrics
 
     settings = get_settings()
@@ -59,7 +59,7 @@ def _compactor(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.app import run_worker
+    from streams.pipeline.worker import run_worker
     from streams.metrics import serve_metrics
 
     settings = get_settings()

@@ -55,7 +55,7 @@ from streams.core.snapshot import (
     merge_partials,
     shares_for_detection,
 )
-from streams.pipeline_state import ChainPartition, ShareBatchPartition
+from streams.pipeline.state import ChainPartition, ShareBatchPartition
 from streams.settings import Settings
 from streams.sim.model import (
     HASHES_PER_DIFFICULTY,
@@ -68,7 +68,7 @@ from streams.sim.model import (
 from streams.sim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
-#: Blocks the chain summary judges coverage over (as the worker: ``streams.app``).
+#: Blocks the chain summary judges coverage over (as the worker: ``streams.pipeline.worker``).
 COVERAGE_BLOCKS = 2016
 #: Start of world 0; world i starts ``WORLD_SPACING_S`` later, plus a random phase (all in the
 #: past for thousands of worlds: block times may not run ahead of the wall clock).
@@ -85,7 +85,7 @@ def data_dir() -> Any:
 
 
 def default_config(settings: Settings) -> EstimationConfig:
-    """The worker's estimation config (``streams.app.estimation_config``), without Faust."""
+    """The worker's estimation config (``streams.pipeline.worker.estimation_config``), without Faust."""
     from streams.core.electricity import Method, load_electricity_prices, load_hardware
 
     hardware = load_hardware(settings.hardware_file or data_dir() / "hardware.csv")

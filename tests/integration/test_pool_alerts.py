@@ -19,8 +19,8 @@ from streams.core.blocks import BestChain, BlockFacts
 from streams.core.electricity import load_hardware
 from streams.core.shifts import ShiftDetector
 from streams.core.snapshot import EstimationConfig
-from streams.pipeline_state import ChainPartition
-from streams.publisher import SnapshotPublisher
+from streams.pipeline.state import ChainPartition
+from streams.pipeline.publisher import SnapshotPublisher
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 

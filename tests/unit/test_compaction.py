@@ -9,7 +9,7 @@ import orjson
 from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
 
-from streams.compactor import ShareCompactor
+from streams.pipeline.compactor import ShareCompactor
 from streams.core.compaction import OVERFLOW_POOL, KeyTable, summarise_shares
 from streams.settings import Settings
 

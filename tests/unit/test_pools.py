@@ -272,7 +272,7 @@ def test_snapshot_pools_section_flags_a_half_seen_pool() -> None:
         SnapshotMemory,
         build_snapshot,
     )
-    from streams.pipeline_state import ChainPartition
+    from streams.pipeline.state import ChainPartition
 
     network_hs = 200e18
     difficulty = network_hs * 600 / 2**32

@@ -17,7 +17,7 @@ from streams.core.snapshot import (
     history_points,
     merge_partials,
 )
-from streams.pipeline_state import ChainPartition
+from streams.pipeline.state import ChainPartition
 
 H = 200e18  # network hashrate, H/s
 D = H * 600 / 2**32  # difficulty for one block per 600 s

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from streams.core.snapshot import SnapshotMemory, build_snapshot, merge_partials
-from streams.pipeline_state import ShareBatchPartition
+from streams.pipeline.state import ShareBatchPartition
 from streams.settings import Settings
 from streams.sim import worlds as W
 from streams.sim.model import Simulator, build_world

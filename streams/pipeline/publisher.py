@@ -34,7 +34,7 @@ from streams.metrics import (
     SNAPSHOT_PUBLISH_SECONDS,
     SNAPSHOTS_PUBLISHED,
 )
-from streams.recovery import rebuild_from_kafka
+from streams.pipeline.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 from streams.webhook import AlertWebhook

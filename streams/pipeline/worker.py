@@ -1,6 +1,6 @@
 """The Faust worker: agents over ``share-batches``, ``blocks`` and ``market``, and the leader.
 
-Every agent runs the same checkpointed loop (see ``streams.pipeline_state``): take a batch of
+Every agent runs the same checkpointed loop (see ``streams.pipeline.state``): take a batch of
 events without acknowledging them, apply those at or past the partition's ``next_offset``,
 and at the checkpoint interval write the partition's state to its changelog, flush, and only
 then acknowledge. Faust therefore never commits an offset the checkpoint does not cover.
@@ -40,21 +40,21 @@ from streams.metrics import (
     OFFSET_REREADS,
     SHARE_BATCHES_APPLIED,
 )
-from streams.outbox import Outbox
-from streams.pipeline_state import (
+from streams.pipeline.outbox import Outbox
+from streams.pipeline.state import (
     Admission,
     ChainPartition,
     MarketPartition,
     ResumeCheck,
     ShareBatchPartition,
 )
-from streams.publisher import SnapshotPublisher
+from streams.pipeline.publisher import SnapshotPublisher
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 
 log = logging.getLogger("hashatlas.worker")
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TAKE_MAX = 10_000
 TAKE_WITHIN_S = 0.2
 COVERAGE_BLOCKS = 2016
