@@ -34,6 +34,8 @@ from streams.metrics import (
     SNAPSHOT_PUBLISH_SECONDS,
     SNAPSHOTS_PUBLISHED,
 )
+from streams.models.chain import decode_chain_summary
+from streams.models.partials import decode_price_partial, decode_share_partial
 from streams.pipeline.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
@@ -117,22 +119,23 @@ class SnapshotPublisher:
         )
         if not self._loaded or raw[-1] is None:
             await self._recover(raw[-1])
-        partials = [orjson.loads(r) for r in raw[:-3] if r]
+        *share_raw, chain_raw, market_raw = raw[:-1]
+        partials = [decode_share_partial(r) for r in share_raw if r]
         merged = merge_partials(partials)
         if merged is None:
             return None
-        chain = orjson.loads(raw[-3]) if raw[-3] else None
-        market = orjson.loads(raw[-2]) if raw[-2] else None
+        chain = decode_chain_summary(chain_raw).to_json() if chain_raw else None
+        market = decode_price_partial(market_raw) if market_raw else None
         now = time.time()
-        last_event_wall = max(float(p.get("last_event_wall", 0.0)) for p in partials)
+        last_event_wall = max(p.last_event_wall for p in partials)
         stale = now - last_event_wall > self.settings.stale_after_s
         snapshot = build_snapshot(
-            merged, chain, market["btc_usd"] if market else None, self.config, self.memory,
+            merged, chain, market.btc_usd if market else None, self.config, self.memory,
             published_at=now, stale=stale,
         )
         snapshot["inputs"] = {
-            "partitions": {str(p["partition"]): p["next_offset"] for p in partials},
-            "evaluated_at": {str(p["partition"]): p["t_eval"] for p in partials},
+            "partitions": {str(p.partition): p.next_offset for p in partials},
+            "evaluated_at": {str(p.partition): p.t_eval for p in partials},
         }
         body = orjson.dumps(snapshot)
         etag = hashlib.blake2b(body, digest_size=12).hexdigest()

@@ -19,7 +19,6 @@ from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from streams.pipeline.compactor import ShareCompactor
 from streams.contracts import (
     InvalidEvent,
     ShareBatchEvent,
@@ -28,6 +27,7 @@ from streams.contracts import (
 )
 from streams.core.regions import normalise_region
 from streams.core.shares import ShareOutcome
+from streams.pipeline.compactor import ShareCompactor
 from streams.pipeline.state import ShareBatchPartition, plain_batch_fields
 from streams.settings import Settings
 
