@@ -56,21 +56,18 @@ def create_app(settings: Settings) -> faust.App:
                     capacity=settings.leader_outbox_capacity, latest_only=[topics.estimates])
     publisher = SnapshotPublisher(settings, estimation_config(settings), redis, outbox.send)
 
-    @app.timer(interval=5.0)
     async def crash_if_recovery_stalls() -> None:
         if (stalled := watchdog.stalled()) is not None:
             log.error("changelog recovery has not moved for %.0f s (%d changes left): "
                       "stopping this worker so that others take its partitions", *stalled)
             await app.crash(RuntimeError("changelog recovery stalled"))
 
-    @app.timer(interval=settings.checkpoint_interval_s)
     async def checkpoint_quiet_partitions() -> None:
         for loop in loops:
             if loop.started:
                 await loop.checkpoint_due()
                 await loop.seek_pending_rereads()
 
-    @app.timer(interval=settings.snapshot_interval_s)
     async def write_partials() -> None:
         """Publish what this worker's partitions hold, for the leader to merge."""
         try:
@@ -78,13 +75,16 @@ def create_app(settings: Settings) -> faust.App:
         except (RedisError, OSError) as exc:  # Redis away: state is safe, retry next tick
             log.warning("cannot write partials to Redis (%s); retrying", exc)
 
-    @app.timer(interval=settings.snapshot_interval_s, on_leader=True)
     async def publish_snapshot() -> None:
         try:
             await publisher.publish()
         except Exception:
             log.exception("snapshot publication failed; retrying at the next tick")
 
+    app.timer(interval=5.0)(crash_if_recovery_stalls)
+    app.timer(interval=settings.checkpoint_interval_s)(checkpoint_quiet_partitions)
+    app.timer(interval=settings.snapshot_interval_s)(write_partials)
+    app.timer(interval=settings.snapshot_interval_s, on_leader=True)(publish_snapshot)
     return app
 
 
