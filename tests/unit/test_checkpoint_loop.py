@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from streams.contracts import InvalidEvent
 from streams.pipeline.checkpoint_loop import CheckpointLoop
+from streams.pipeline.state import ShareBatchPartition
+from streams.settings import Settings
 
 DEAD_LETTER = "dead-letter"
 INTERVAL_S = 3.0  # checkpoint interval; the fake clock moves 1 s per batch
@@ -68,10 +72,15 @@ class Seen:
 
 
 class Broker:
-    """The logs, the committed offsets and the durable changelog of one input topic."""
+    """The logs, the committed offsets and the durable changelog of one input topic, whose
+    partitions' states ``restore`` reads and ``apply`` changes."""
 
-    def __init__(self, logs: Mapping[int, list[bytes | None]]) -> None:
+    def __init__(self, logs: Mapping[int, list[bytes | None]],
+                 restore: Callable[[bytes | None], Any] = Seen.restore,
+                 apply: Callable[[Any, bytes | None, float | None], object] = Seen.apply) -> None:
         self.logs = dict(logs)
+        self.restore = restore
+        self.apply = apply
         self.committed: dict[int, int] = {}
         self.changelog: dict[int, bytes] = {}
         self.dead_letters: list[bytes] = []
@@ -80,7 +89,7 @@ class Broker:
 
     def durable_next_offset(self, partition: int) -> int:
         raw = self.changelog.get(partition)
-        return Seen.restore(raw).next_offset if raw is not None else 0
+        return int(self.restore(raw).next_offset) if raw is not None else 0
 
 
 class Worker:
@@ -98,8 +107,8 @@ class Worker:
         self.released: list[Event] = []
         self.seeks: list[tuple[int, int]] = []
         self.clock_s = 0.0
-        self.loop: CheckpointLoop[Seen] = CheckpointLoop(
-            self, Seen.restore, Seen.apply, checkpoint_interval_s=INTERVAL_S,
+        self.loop: CheckpointLoop[Any] = CheckpointLoop(
+            self, broker.restore, broker.apply, checkpoint_interval_s=INTERVAL_S,
             dead_letter_topic=DEAD_LETTER, clock=lambda: self.clock_s)
 
     # ---- InputPort --------------------------------------------------------------------------
@@ -303,3 +312,41 @@ async def test_a_resume_past_the_checkpoint_is_read_again_from_it() -> None:
     await second.run(batch=2)
     assert second.seeks and second.seeks[0] == (0, resumed_at - 1)
     assert_exactly_once(broker)
+
+
+async def test_share_windows_resumed_after_an_abort_equal_an_uninterrupted_run() -> None:
+    """The worker's real share state: aborted between flush and commit, then resumed, its
+    partial equals that of one pass over the same batches."""
+    settings = Settings()
+    t0 = time.time() - 3600.0
+    logs: dict[int, list[bytes | None]] = {p: [] for p in range(2)}
+    for i in range(60):
+        pool = ("foundry", "antpool", "viabtc")[i % 3]
+        logs[i % 2].append(orjson.dumps({
+            "type": "share_batch", "pool": pool, "region": ("US", "KZ")[i % 2],
+            "start": t0 + 10.0 * i, "end": t0 + 10.0 * i + 9.0, "count": 3,
+            "difficulty_sum": 3.0e6, "difficulty_sq_sum": 3.0e12}))
+
+    def restore(raw: bytes | None) -> ShareBatchPartition:
+        return ShareBatchPartition.restore(raw, settings)
+
+    broker = Broker(logs, restore, ShareBatchPartition.apply)
+    first = Worker(broker, abort_at="commit")
+    first.assigned([0, 1])
+    with contextlib.suppress(Abort):
+        await first.run(batch=5, batches=8)
+    assert broker.changelog, "a checkpoint was flushed before the abort"
+    second = Worker(broker)
+    second.assigned([0, 1])
+    await second.run(batch=5)
+
+    t_eval = t0 + 600.0
+    for partition, log in logs.items():
+        reference = restore(None)
+        for raw in log:
+            reference.apply(raw)
+        resumed = restore(broker.changelog[partition])
+        assert resumed.next_offset == broker.committed[partition] == len(log)
+        assert resumed.partial(t_eval, settings.windows_s) == reference.partial(
+            t_eval, settings.windows_s)
+        assert resumed.partial(t_eval, settings.windows_s).windows[300.0]
