@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     #: worker joined is read within this long (aiokafka's default is 5 minutes).
     metadata_max_age_s: float = Field(default=5.0, gt=0.0)
     # A worker assigned partitions whose changelog recovery has not finished after this long
-    # stops (see streams.pipeline.worker crash_if_recovery_stalls); run workers under a supervisor.
+    # stops (see streams.pipeline.ownership.RecoveryWatchdog); run workers under a supervisor.
     recovery_stall_s: float = Field(default=90.0, gt=0.0)
     settle_s: float = Field(default=2.0, ge=0.0)
     snapshot_interval_s: float = Field(default=0.5, gt=0.0)
