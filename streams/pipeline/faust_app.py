@@ -71,6 +71,7 @@ def checkpointed_agent(app: faust.App, port: FaustInput, loop: CheckpointLoop[An
 
 
 def connect_rebalances(app: faust.App, loops: list[CheckpointLoop[Any]]) -> None:
+    """Route Faust's rebalance signals to each input's loop (its own topic's partitions)."""
     def partitions(loop: CheckpointLoop[Any], tps: set[TP]) -> list[int]:
         return [tp.partition for tp in tps if tp.topic == loop.topic_name]
 
@@ -95,6 +96,7 @@ def checkpointed_input(app: faust.App, settings: Settings, topic: str, partition
                        restore: Callable[[bytes | None], Any],
                        apply: Callable[[Any, bytes | None, float | None], object],
                        take_max: int) -> CheckpointLoop[Any]:
+    """One input topic: its Faust side, its checkpoint loop and the agent feeding it."""
     port = FaustInput(app, topic, partitions)
     loop: CheckpointLoop[Any] = CheckpointLoop(
         port, restore, apply, checkpoint_interval_s=settings.checkpoint_interval_s,
