@@ -651,7 +651,8 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
 
 
 def _frame(frame: str) -> tuple[str, str]:
-    """'ingest (streams/compactor.py:130)' → ('ingest (streams/compactor.py)', 'streams/...')."""
+    """'ingest (streams/pipeline/compactor.py:130)' → ('ingest (streams/pipeline/compactor.py)',
+    'streams/...')."""
     name, _, where = frame.partition(" (")
     source = where.rstrip(")").rsplit(":", 1)[0]
     return (f"{name} ({source})" if source else name), source

@@ -74,7 +74,8 @@ from bench.common import (
     wait_first_progress,
     wait_group_caught_up,
 )
-from streams.app import TAKE_MAX, TAKE_WITHIN_S
+from streams.pipeline.faust_app import TAKE_WITHIN_S
+from streams.pipeline.worker import TAKE_MAX
 from streams.settings import Settings
 
 PROFILE_DIR = RESULTS_DIR / "profiles"

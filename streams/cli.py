@@ -48,8 +48,8 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _compactor(args: argparse.Namespace) -> int:
-    from streams.compactor import run_compactor
     from streams.metrics import serve_metrics
+    from streams.pipeline.compactor import run_compactor
 
     settings = get_settings()
     serve_metrics(settings.metrics_port_base if args.metrics_port is None else args.metrics_port,
@@ -59,8 +59,8 @@ def _compactor(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.app import run_worker
     from streams.metrics import serve_metrics
+    from streams.pipeline.worker import run_worker
 
     settings = get_settings()
     serve_metrics(settings.metrics_port_base + 1 if args.metrics_port is None

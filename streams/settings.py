@@ -103,7 +103,7 @@ class PipelineSettings(BaseModel):
     max_compactor_keys: int = Field(default=100_000, ge=1)
     checkpoint_interval_s: float = Field(default=2.0, gt=0.0)
     # A worker assigned partitions whose changelog recovery has not finished after this long
-    # stops (see streams.app crash_if_recovery_stalls); run workers under a supervisor.
+    # stops (see streams.pipeline.ownership.RecoveryWatchdog); run workers under a supervisor.
     recovery_stall_s: float = Field(default=90.0, gt=0.0)
     settle_s: float = Field(default=2.0, ge=0.0)
     snapshot_interval_s: float = Field(default=0.5, gt=0.0)

@@ -46,6 +46,8 @@ from streams.core.regions import (
 )
 from streams.core.sites import site_utilisation
 from streams.core.units import HASHES_PER_DIFFICULTY, SECONDS_PER_DAY
+from streams.models.chain import NOWCAST_BLOCKS, PLAUSIBILITY_BLOCKS, rate_of
+from streams.models.partials import SharePartial
 
 #: Time constant of the live threshold's exponential mean: the mean age of a 14-day window.
 THRESHOLD_SMOOTHING_S = 7 * SECONDS_PER_DAY
@@ -95,7 +97,7 @@ class MergedSample:
     windows: dict[float, dict[Key, SampleTotals]]
 
 
-def merge_partials(partials: Iterable[Mapping[str, Any]]) -> MergedSample | None:
+def merge_partials(partials: Iterable[SharePartial]) -> MergedSample | None:
     """Merge the partials workers wrote per partition (see ``ShareBatchPartition.partial``)."""
     windows: dict[float, dict[Key, SampleTotals]] = {}
     as_of = 0.0
@@ -103,14 +105,14 @@ def merge_partials(partials: Iterable[Mapping[str, Any]]) -> MergedSample | None
     seen = False
     for partial in partials:
         seen = True
-        as_of = max(as_of, float(partial["t_eval"]))
-        max_event_ts = max(max_event_ts, float(partial["max_event_ts"]))
-        for window, rows in partial["windows"].items():
-            totals = windows.setdefault(float(window), {})
-            for pool, region, count, dsum, dsq, t_eff, scale in rows:
-                sample = SampleTotals(float(count), float(dsum), float(dsq), float(t_eff),
-                                      float(scale))
-                key = (str(pool), str(region))
+        as_of = max(as_of, partial.t_eval)
+        max_event_ts = max(max_event_ts, partial.max_event_ts)
+        for window, rows in partial.windows.items():
+            totals = windows.setdefault(window, {})
+            for row in rows:
+                sample = SampleTotals(row.share_count, row.difficulty_sum, row.difficulty_sq_sum,
+                                      row.effective_seconds, row.share_scale)
+                key = (row.pool, row.region)
                 previous = totals.get(key)
                 totals[key] = sample if previous is None else previous.merged(sample)
     if not seen:
@@ -129,7 +131,7 @@ class EstimationConfig:
     method: Method = "1.4.0"
     suspect_regions: Mapping[str, str | None] = field(default_factory=dict)
     weighting: Weighting = "pooled"
-    block_window: int = 120
+    block_window: int = NOWCAST_BLOCKS
     #: A pool whose sample exceeds this multiple of what its blocks allow is set aside.
     plausibility_factor: float = 3.0
     #: Blocks needed in the coverage window before pools are judged against them.
@@ -151,12 +153,12 @@ def implausible_pools(
     claiming ``factor`` times more than that (a broken proxy, a forged difficulty) is set aside
     and named, so it cannot move the network estimate."""
     blocks = int(chain.get("blocks", 0))
-    window = chain.get("hashrates", {}).get("2016") or chain.get("hashrates", {}).get("1008")
+    window = next(filter(None, (rate_of(chain, n) for n in PLAUSIBILITY_BLOCKS)), None)
     if blocks < min_blocks or window is None:
         return {}
     pool_blocks: Mapping[str, int] = chain.get("pool_blocks", {})
     n = sum(pool_blocks.values())
-    network_upper = float(window[2])
+    network_upper = window.upper_hs
     by_pool: dict[str, float] = {}
     for (pool, _), t in totals.items():
         by_pool[pool] = by_pool.get(pool, 0.0) + t.hashrate_hs
@@ -201,11 +203,11 @@ def _twh(band: PowerBand | None) -> dict[str, float] | None:
 
 
 def _block_hashrate(chain: Mapping[str, Any], nblocks: int) -> BlockHashrate | None:
-    row = chain.get("hashrates", {}).get(str(nblocks))
-    if row is None:
+    rate = rate_of(chain, nblocks)
+    if rate is None:
         return None
-    hashrate, lower, upper, blocks, span = row
-    return BlockHashrate(float(hashrate), (float(lower), float(upper)), int(blocks), float(span))
+    return BlockHashrate(rate.hashrate_hs, (rate.lower_hs, rate.upper_hs), rate.blocks,
+                         rate.span_s)
 
 
 def _threshold(

@@ -55,7 +55,8 @@ from streams.core.snapshot import (
     merge_partials,
     shares_for_detection,
 )
-from streams.pipeline_state import ChainPartition, ShareBatchPartition
+from streams.models.chain import COVERAGE_BLOCKS, rate_of
+from streams.pipeline.state import ChainPartition, ShareBatchPartition
 from streams.settings import Settings
 from streams.sim.model import (
     HASHES_PER_DIFFICULTY,
@@ -68,8 +69,6 @@ from streams.sim.model import (
 from streams.sim.scenario import Scenario
 
 FloatArray = npt.NDArray[np.float64]
-#: Blocks the chain summary judges coverage over (as the worker: ``streams.app``).
-COVERAGE_BLOCKS = 2016
 #: Start of world 0; world i starts ``WORLD_SPACING_S`` later, plus a random phase (all in the
 #: past for thousands of worlds: block times may not run ahead of the wall clock).
 BASE_START_TS = 1_641_000_000.0
@@ -85,7 +84,7 @@ def data_dir() -> Any:
 
 
 def default_config(settings: Settings) -> EstimationConfig:
-    """The worker's estimation config (``streams.app.estimation_config``), without Faust."""
+    """The worker's estimation config (``streams.pipeline.estimation``), without Faust."""
     from streams.core.electricity import Method, load_electricity_prices, load_hardware
 
     hardware = load_hardware(settings.hardware_file or data_dir() / "hardware.csv")
@@ -142,7 +141,8 @@ class OfflinePipeline:
             return None
         blocks = len(self.chain.chain)
         if self._summary[0] != blocks:  # as the worker: rewritten only when the chain changed
-            self._summary = (blocks, self.chain.summary(COVERAGE_BLOCKS) if blocks else None)
+            self._summary = (blocks, self.chain.summary(COVERAGE_BLOCKS).to_json()
+                             if blocks else None)
         summary = self._summary[1]
         snap = build_snapshot(merged, summary, self.btc_usd, self.config, self.memory,
                               published_at=merged.as_of, stale=False)
@@ -452,12 +452,12 @@ def run_world(scenario: Scenario, index: int, seed: int, settings: Settings,
         truth = world.truth(float(snap["as_of"]), [head, *windows], step_starts, rates, network)
         records.extend(snapshot_records(index, offset, snap, merged, truth, lagging))
         summary = pipeline._summary[1] or {}
-        row = summary.get("hashrates", {}).get(str(config.block_window))
-        if row is not None:  # GetNetworkHashPS over its span: the mean hashrate there
+        rate = rate_of(summary, config.block_window)
+        if rate is not None:  # GetNetworkHashPS over its span: the mean hashrate there
             tip = float(summary["tip_time"])
-            records.append(Record(index, offset, NETWORK, "block_hashrate", float(row[0]),
-                                  float(row[1]), float(row[2]),
-                                  world.mean_network(tip - float(row[4]), tip)))
+            records.append(Record(index, offset, NETWORK, "block_hashrate", rate.hashrate_hs,
+                                  rate.lower_hs, rate.upper_hs,
+                                  world.mean_network(tip - rate.span_s, tip)))
     return records
 
 

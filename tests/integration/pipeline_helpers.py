@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from streams.core.regions import country_of
 from streams.core.shares import ShareWindows
 from streams.kafka import client_options
-from streams.pipeline_state import new_share_windows
+from streams.pipeline.state import new_share_windows
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings, settings_env
 

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import orjson
 
-from streams.compactor import ShareCompactor
+from streams.pipeline.compactor import ShareCompactor
 from streams.settings import Settings
 from tests.integration.conftest import consume_all, produce
 

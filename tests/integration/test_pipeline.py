@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis
 
-from streams.compactor import ShareCompactor
+from streams.pipeline.compactor import ShareCompactor
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 from tests.conftest import free_port

@@ -19,8 +19,9 @@ from streams.core.blocks import BestChain, BlockFacts
 from streams.core.electricity import load_hardware
 from streams.core.shifts import ShiftDetector
 from streams.core.snapshot import EstimationConfig
-from streams.pipeline_state import ChainPartition
-from streams.publisher import SnapshotPublisher
+from streams.models.chain import encode_chain_summary
+from streams.pipeline.publisher import SnapshotPublisher
+from streams.pipeline.state import ChainPartition
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 
@@ -75,7 +76,7 @@ async def test_half_seen_pool_fires_pool_divergence_and_memory_survives_the_lead
             keys.partial(0): orjson.dumps({
                 "t_eval": t_eval, "max_event_ts": t_eval, "windows": {"900": rows},
                 "partition": 0, "next_offset": i, "last_event_wall": time.time()}),
-            keys.partial("blocks"): orjson.dumps(state.summary(2016)),
+            keys.partial("blocks"): encode_chain_summary(state.summary(2016)),
             keys.partial("market"): orjson.dumps({"btc_usd": 60_000.0, "ts": t_eval,
                                                   "source": "test"}),
         })

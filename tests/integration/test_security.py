@@ -433,7 +433,7 @@ async def test_compactor_runs_on_a_sasl_broker_and_wrong_credentials_are_refused
     from aiokafka.errors import KafkaConnectionError
 
     from streams import stack, topics
-    from streams.compactor import ShareCompactor
+    from streams.pipeline.compactor import ShareCompactor
 
     # INFO, as the processes log. (At DEBUG, aiokafka.conn logs the SASL/PLAIN request bytes,
     # password included: never run a Kafka client with DEBUG logging in production.)

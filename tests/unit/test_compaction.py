@@ -9,8 +9,8 @@ import orjson
 from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
 
-from streams.compactor import ShareCompactor
 from streams.core.compaction import OVERFLOW_POOL, KeyTable, summarise_shares
+from streams.pipeline.compactor import ShareCompactor
 from streams.settings import Settings
 
 T0 = 1_795_000_000.0

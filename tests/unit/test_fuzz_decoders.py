@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from streams.compactor import ShareCompactor
 from streams.contracts import (
     MAX_FUTURE_BLOCK_TIME_S,
     BlockEvent,
@@ -42,7 +41,8 @@ from streams.contracts import (
 from streams.core.blocks import load_pool_directory
 from streams.core.regions import normalise_region
 from streams.core.shares import ShareOutcome
-from streams.pipeline_state import ChainPartition, MarketPartition, ShareBatchPartition
+from streams.pipeline.compactor import ShareCompactor
+from streams.pipeline.state import ChainPartition, MarketPartition, ShareBatchPartition
 from streams.settings import Settings, get_settings
 from tests.conftest import PROJECT_ROOT, TEST_DATA
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from streams.outbox import Outbox
+from streams.pipeline.outbox import Outbox
 
 
 class StalledBroker:

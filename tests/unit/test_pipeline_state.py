@@ -10,7 +10,7 @@ import pytest
 from streams.contracts import InvalidEvent
 from streams.core.blocks import load_pool_directory
 from streams.core.shares import ShareOutcome
-from streams.pipeline_state import (
+from streams.pipeline.state import (
     OVERFLOW_POOL,
     Admission,
     ChainPartition,

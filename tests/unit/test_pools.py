@@ -272,7 +272,7 @@ def test_snapshot_pools_section_flags_a_half_seen_pool() -> None:
         SnapshotMemory,
         build_snapshot,
     )
-    from streams.pipeline_state import ChainPartition
+    from streams.pipeline.state import ChainPartition
 
     network_hs = 200e18
     difficulty = network_hs * 600 / 2**32
@@ -307,7 +307,7 @@ def test_snapshot_pools_section_flags_a_half_seen_pool() -> None:
             continue  # the ledger starts at the first snapshot; before, only build the chain
         sample = MergedSample(as_of=t0 + i * 600.0 + 1, max_event_ts=t0 + i * 600.0 + 1,
                               windows={900.0: windows})
-        snapshot = build_snapshot(sample, state.summary(2016), 50_000.0, config, memory,
+        snapshot = build_snapshot(sample, state.summary(2016).to_json(), 50_000.0, config, memory,
                                   published_at=sample.as_of, stale=False)
         alerts = memory.pools.drain_alerts()
         if alerts and fired_at is None:

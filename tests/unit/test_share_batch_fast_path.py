@@ -19,7 +19,6 @@ from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from streams.compactor import ShareCompactor
 from streams.contracts import (
     InvalidEvent,
     ShareBatchEvent,
@@ -28,7 +27,8 @@ from streams.contracts import (
 )
 from streams.core.regions import normalise_region
 from streams.core.shares import ShareOutcome
-from streams.pipeline_state import ShareBatchPartition, plain_batch_fields
+from streams.pipeline.compactor import ShareCompactor
+from streams.pipeline.state import ShareBatchPartition, plain_batch_fields
 from streams.settings import Settings
 
 T0 = 1_795_000_000.0

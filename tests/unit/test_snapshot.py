@@ -17,7 +17,8 @@ from streams.core.snapshot import (
     history_points,
     merge_partials,
 )
-from streams.pipeline_state import ChainPartition
+from streams.models.partials import SharePartial
+from streams.pipeline.state import ChainPartition
 
 H = 200e18  # network hashrate, H/s
 D = H * 600 / 2**32  # difficulty for one block per 600 s
@@ -40,7 +41,7 @@ def _chain() -> dict[str, object]:
             attribution="feed", difficulty=D, work=round(D * 2**32), subsidy_sat=312_500_000,
             fees_sat=0, coinbase_value_sat=312_500_000))
     state = ChainPartition(chain=chain, pools=None)  # type: ignore[arg-type]
-    return state.summary(2010)
+    return state.summary(2010).to_json()
 
 
 def _totals(hashrate: float) -> SampleTotals:
@@ -101,11 +102,11 @@ def test_a_pool_claiming_the_impossible_is_set_aside_and_named() -> None:
 
 def test_merging_partials_sums_per_key() -> None:
     row = ["p", "US", 2.0, 10.0, 50.0, 300.0, 5.0]
-    merged = merge_partials([
+    merged = merge_partials([SharePartial.from_json(body) for body in [
         {"t_eval": 10.0, "max_event_ts": 12.0, "windows": {"300": [row]}},
         {"t_eval": 10.0, "max_event_ts": 11.0, "windows": {"300": [row, ["q", "KZ", 1.0, 4.0,
                                                                        16.0, 200.0, 4.0]]}},
-    ])
+    ]])
     assert merged is not None and merged.max_event_ts == 12.0
     assert merged.windows[300.0][("p", "US")] == SampleTotals(4.0, 20.0, 100.0, 300.0, 5.0)
     assert merge_partials([]) is None

@@ -18,7 +18,9 @@ import orjson
 import pytest
 
 from streams.core.snapshot import SnapshotMemory, build_snapshot, merge_partials
-from streams.pipeline_state import ShareBatchPartition
+from streams.models.chain import COVERAGE_BLOCKS, encode_chain_summary
+from streams.models.partials import decode_share_partial, encode
+from streams.pipeline.state import ShareBatchPartition
 from streams.settings import Settings
 from streams.sim import worlds as W
 from streams.sim.model import Simulator, build_world
@@ -111,13 +113,13 @@ def test_offline_snapshot_equals_the_worker_route() -> None:
             states = [ShareBatchPartition.restore(s.checkpoint(), settings) for s in states]
         states[hash(batch.body["pool"]) % 4].apply(orjson.dumps(batch.body))
     clock = max(s.max_event_ts for s in states)
-    partials = [orjson.loads(orjson.dumps(s.partial(clock - settings.settle_s,
-                                                    settings.windows_s)))
+    partials = [decode_share_partial(encode(s.partial(clock - settings.settle_s,
+                                                      settings.windows_s)))
                 for s in states if s.max_event_ts]
     merged = merge_partials(partials)
     assert merged is not None
-    summary = offline.chain.summary(W.COVERAGE_BLOCKS)
-    worker = build_snapshot(merged, orjson.loads(orjson.dumps(summary)), None, config,
+    summary = offline.chain.summary(COVERAGE_BLOCKS)
+    worker = build_snapshot(merged, orjson.loads(encode_chain_summary(summary)), None, config,
                             SnapshotMemory(), published_at=merged.as_of, stale=False)
     assert worker["network"]["hashrate_ci95_hs"] == pytest.approx(
         snap["network"]["hashrate_ci95_hs"], rel=1e-9)

@@ -397,7 +397,7 @@ class ShareCompactor:
             await self.producer.stop()
 
 
-class _FlushOnRevoke(ConsumerRebalanceListener):
+class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka: untyped
     """Commit what is pending before partitions move to another compactor."""
 
     def __init__(self, compactor: ShareCompactor) -> None:

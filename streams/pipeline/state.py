@@ -35,6 +35,8 @@ from streams.core.network import network_hashrate_from_blocks
 from streams.core.regions import UNKNOWN_REGION, normalise_region
 from streams.core.shares import ShareOutcome, ShareWindows
 from streams.metrics import LABEL_OVERFLOW
+from streams.models.chain import COVERAGE_BLOCKS, FEE_BLOCKS, RATE_WINDOWS, BlockRate, ChainSummary
+from streams.models.partials import PricePartial, SharePartial, WindowRow
 from streams.settings import Settings
 
 #: Where shares of pools beyond the cap are credited (nothing is dropped).
@@ -273,12 +275,13 @@ class ShareBatchPartition:
                    max_pools=settings.max_pools, max_keys=settings.max_series,
                    max_future_skew_s=settings.max_future_skew_s)
 
-    def partial(self, t_eval: float, windows_s: list[float]) -> dict[str, Any]:
+    def partial(self, t_eval: float, windows_s: list[float]) -> SharePartial:
         """Window totals at ``t_eval`` per (pool, region), for the snapshot leader to merge."""
         self.windows.expire(t_eval)
         rows = self.windows.window_rows(t_eval, windows_s)
-        return {"t_eval": t_eval, "max_event_ts": self.max_event_ts,
-                "windows": {str(int(window)): rows[window] for window in windows_s}}
+        return SharePartial(t_eval=t_eval, max_event_ts=self.max_event_ts,
+                            windows={window: [WindowRow._make(row) for row in rows[window]]
+                                     for window in windows_s})
 
 
 def block_facts_state(facts: BlockFacts) -> dict[str, Any]:
@@ -336,54 +339,43 @@ class ChainPartition:
         state.next_offset = int(body["next_offset"])
         return state
 
-    def summary(self, coverage_blocks: int, fee_blocks: int = 144) -> dict[str, Any]:
+    def summary(self, coverage_blocks: int = COVERAGE_BLOCKS,
+                fee_blocks: int = FEE_BLOCKS) -> ChainSummary:
         """What the snapshot leader needs from the chain: rates, pool work, fees, tip."""
         chain = self.chain
         tip = chain.tip
         if tip is None:
-            return {"blocks": 0}
-        hashrates = {}
-        for n in (120, 144, 1008, 2016):
+            return ChainSummary()
+        rates = {}
+        for n in RATE_WINDOWS:
             est = network_hashrate_from_blocks(chain.times(n + 1), chain.works(n + 1), n)
             if est is not None:
-                hashrates[str(n)] = [est.hashrate_hs, est.ci95_hs[0], est.ci95_hs[1], est.blocks,
-                                     est.span_s]
+                rates[n] = BlockRate(est.hashrate_hs, est.ci95_hs[0], est.ci95_hs[1], est.blocks,
+                                     est.span_s)
         pools = chain.pools(coverage_blocks)
         works = chain.works(coverage_blocks)
         pool_work: dict[str, float] = {}
         for pool, work in zip(pools.tolist(), works.tolist(), strict=True):
             pool_work[pool] = pool_work.get(pool, 0.0) + work
-        recent = chain.blocks(fee_blocks)
-        fees = [b.fees_sat for b in recent if b.fees_sat is not None]
-        return {
-            "blocks": len(chain),
-            "tip_height": tip.height,
-            "tip_time": tip.time,
-            "difficulty": tip.difficulty,
-            "subsidy_sat": tip.subsidy_sat,
-            "mean_fees_sat": float(np.mean(fees)) if fees else None,
-            "hashrates": hashrates,
-            "pool_work": pool_work,
-            "coverage_pools": pools.tolist(),
-            "coverage_works": works.tolist(),
-            "pool_blocks": {str(p): int(c) for p, c in zip(*np.unique(pools, return_counts=True),
-                                                      strict=True)},
-            **pool_columns(chain.blocks(coverage_blocks)),
-        }
-
-
-def pool_columns(blocks: list[BlockFacts]) -> dict[str, Any]:
-    """Per block of the coverage window, what the pools section needs (oldest first)."""
-    return {
-        "coverage_heights": [b.height for b in blocks],
-        "coverage_times": [b.time for b in blocks],
-        "coverage_difficulties": [b.difficulty for b in blocks],
-        "coverage_details": [b.attribution_detail for b in blocks],
-        "coverage_conflicts": [b.conflicting_pool_slug for b in blocks],
-        "coverage_subsidies": [b.subsidy_sat for b in blocks],
-        "coverage_fees": [b.fees_sat for b in blocks],
-        "pool_names": {b.pool_slug: b.pool for b in blocks},
-    }
+        fees = [b.fees_sat for b in chain.blocks(fee_blocks) if b.fees_sat is not None]
+        covered = chain.blocks(coverage_blocks)
+        return ChainSummary(
+            blocks=len(chain), tip_height=tip.height, tip_time=tip.time,
+            difficulty=tip.difficulty, subsidy_sat=tip.subsidy_sat,
+            mean_fees_sat=float(np.mean(fees)) if fees else None,
+            rates=rates, pool_work=pool_work,
+            coverage_pools=pools.tolist(), coverage_works=works.tolist(),
+            pool_blocks={str(p): int(c) for p, c in zip(*np.unique(pools, return_counts=True),
+                                                       strict=True)},
+            coverage_heights=[b.height for b in covered],
+            coverage_times=[b.time for b in covered],
+            coverage_difficulties=[b.difficulty for b in covered],
+            coverage_details=[b.attribution_detail for b in covered],
+            coverage_conflicts=[b.conflicting_pool_slug for b in covered],
+            coverage_subsidies=[b.subsidy_sat for b in covered],
+            coverage_fees=[b.fees_sat for b in covered],
+            pool_names={b.pool_slug: b.pool for b in covered},
+        )
 
 
 @dataclass
@@ -407,6 +399,9 @@ class MarketPartition:
         if event.ts >= self.ts:
             self.btc_usd, self.ts, self.source = event.btc_usd, event.ts, event.source
             self.changed = True
+
+    def partial(self) -> PricePartial:
+        return PricePartial(btc_usd=self.btc_usd, ts=self.ts, source=self.source)
 
     def checkpoint(self) -> bytes:
         return encode_checkpoint({"next_offset": self.next_offset, "btc_usd": self.btc_usd,

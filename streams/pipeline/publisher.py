@@ -22,6 +22,7 @@ from streams.core.pools import PoolMemory, pool_history_points
 from streams.core.shifts import ShiftDetector
 from streams.core.snapshot import (
     EstimationConfig,
+    MergedSample,
     SnapshotMemory,
     build_snapshot,
     history_points,
@@ -34,8 +35,10 @@ from streams.metrics import (
     SNAPSHOT_PUBLISH_SECONDS,
     SNAPSHOTS_PUBLISHED,
 )
+from streams.models.chain import decode_chain_summary
+from streams.models.partials import SharePartial, decode_price_partial, decode_share_partial
 from streams.models.snapshot import EstimateSnapshot
-from streams.recovery import rebuild_from_kafka
+from streams.pipeline.recovery import rebuild_from_kafka
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 from streams.webhook import AlertWebhook
@@ -43,6 +46,7 @@ from streams.webhook import AlertWebhook
 log = logging.getLogger("hashatlas.publisher")
 
 Send = Callable[[str, bytes], Awaitable[Any]]
+Raw = bytes | str | None  # a value as Redis returns it
 
 
 class SnapshotPublisher:
@@ -111,63 +115,19 @@ class SnapshotPublisher:
     async def publish(self) -> dict[str, Any] | None:
         """One snapshot from what the workers last wrote; None when there is nothing yet."""
         started = time.perf_counter()
-        partitions = range(self.settings.partitions.compacted_shares)
-        raw = await self.redis.mget(
-            [self.keys.partial(p) for p in partitions]
-            + [self.keys.partial("blocks"), self.keys.partial("market"), self.keys.leader]
-        )
-        if not self._loaded or raw[-1] is None:
-            await self._recover(raw[-1])
-        partials = [orjson.loads(r) for r in raw[:-3] if r]
+        partials, chain_raw, market_raw = await self._read_inputs()
         merged = merge_partials(partials)
         if merged is None:
             return None
-        chain = orjson.loads(raw[-3]) if raw[-3] else None
-        market = orjson.loads(raw[-2]) if raw[-2] else None
         now = time.time()
-        last_event_wall = max(float(p.get("last_event_wall", 0.0)) for p in partials)
-        stale = now - last_event_wall > self.settings.stale_after_s
-        snapshot = build_snapshot(
-            merged, chain, market["btc_usd"] if market else None, self.config, self.memory,
-            published_at=now, stale=stale,
-        )
-        snapshot["inputs"] = {
-            "partitions": {str(p["partition"]): p["next_offset"] for p in partials},
-            "evaluated_at": {str(p["partition"]): p["t_eval"] for p in partials},
-        }
+        snapshot = self._snapshot(partials, merged, chain_raw, market_raw, now)
         body = orjson.dumps(snapshot)
         EstimateSnapshot.model_validate_json(body)  # what the API serves: no field undescribed
-        etag = hashlib.blake2b(body, digest_size=12).hexdigest()
-
         step = self.settings.history_step_s
         step_t = (merged.as_of // step) * step
-        alerts: list[dict[str, Any]] = []
-        step_points: dict[str, dict[str, Any]] = {}
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.snapshot, mapping={
-            "json": body, "etag": etag, "as_of": str(merged.as_of), "published_at": str(now),
-        })
-        codes = [e["region"] for e in [*snapshot["regions"], *snapshot["subdivisions"]]]
-        pipe.delete(self.keys.regions)
-        for entry in [*snapshot["regions"], *snapshot["subdivisions"]]:
-            pipe.set(self.keys.region(entry["region"]), orjson.dumps(entry))
-        if codes:
-            pipe.sadd(self.keys.regions, *codes)
-        pipe.set(self.keys.clock, str(merged.max_event_ts))
-        if self.last_step is None or step_t > self.last_step:
-            if snapshot["network"]["hashrate_hs"] is not None:
-                step_points = history_points(snapshot, step_t)
-                step_points.update(pool_history_points(snapshot.get("pools") or {}, step_t))
-                for series, point in step_points.items():
-                    key = self.keys.history(series)
-                    pipe.zremrangebyscore(key, step_t, step_t)
-                    pipe.zadd(key, {orjson.dumps(point): step_t})
-                    pipe.zremrangebyscore(key, "-inf",
-                                          step_t - self.settings.history_retention_s)
-                alerts = self.detector.update(step_t, shares_for_detection(snapshot))
-            self.last_step = step_t
-            pipe.set(self.keys.leader, self._leader_state())
-            pipe.set(self._pools_key, orjson.dumps(self.memory.pools.to_state()))
+        self._write_snapshot(pipe, snapshot, body, merged, now)
+        step_points, alerts = self._history_step(pipe, snapshot, step_t)
         alerts.extend(self.memory.pools.drain_alerts())
         alerts = [{**alert, "updated_at": now,
                    "changed_at": alert["detected_at"] if alert["state"] == "firing" else step_t}
@@ -178,6 +138,81 @@ class SnapshotPublisher:
                          orjson.dumps({"event": "alert", "data": alert}))
         pipe.publish(self.keys.events_channel, b'{"event":"estimate","data":' + body + b"}")
         await pipe.execute()
+        await self._send_outputs(body, step_t, step_points, alerts)
+        SNAPSHOTS_PUBLISHED.inc()
+        SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        return snapshot
+
+    async def _read_inputs(self) -> tuple[list[SharePartial], Raw, Raw]:
+        """The share partials, the chain summary and the price the workers last wrote (taking
+        over the leader state first if this leader has not yet)."""
+        partitions = range(self.settings.partitions.compacted_shares)
+        raw = await self.redis.mget(
+            [self.keys.partial(p) for p in partitions]
+            + [self.keys.partial("blocks"), self.keys.partial("market"), self.keys.leader]
+        )
+        if not self._loaded or raw[-1] is None:
+            await self._recover(raw[-1])
+        *share_raw, chain_raw, market_raw = raw[:-1]
+        return [decode_share_partial(r) for r in share_raw if r], chain_raw, market_raw
+
+    def _snapshot(self, partials: list[SharePartial], merged: MergedSample,
+                  chain_raw: Raw, market_raw: Raw, now: float) -> dict[str, Any]:
+        chain = decode_chain_summary(chain_raw).to_json() if chain_raw else None
+        market = decode_price_partial(market_raw) if market_raw else None
+        last_event_wall = max(p.last_event_wall for p in partials)
+        stale = now - last_event_wall > self.settings.stale_after_s
+        snapshot = build_snapshot(
+            merged, chain, market.btc_usd if market else None, self.config, self.memory,
+            published_at=now, stale=stale,
+        )
+        snapshot["inputs"] = {
+            "partitions": {str(p.partition): p.next_offset for p in partials},
+            "evaluated_at": {str(p.partition): p.t_eval for p in partials},
+        }
+        return snapshot
+
+    def _write_snapshot(self, pipe: Any, snapshot: dict[str, Any], body: bytes,
+                        merged: MergedSample, now: float) -> None:
+        """The snapshot, its regions and the leader's clock, for the API and the workers."""
+        etag = hashlib.blake2b(body, digest_size=12).hexdigest()
+        pipe.hset(self.keys.snapshot, mapping={
+            "json": body, "etag": etag, "as_of": str(merged.as_of), "published_at": str(now),
+        })
+        codes = [e["region"] for e in [*snapshot["regions"], *snapshot["subdivisions"]]]
+        pipe.delete(self.keys.regions)
+        for entry in [*snapshot["regions"], *snapshot["subdivisions"]]:
+            pipe.set(self.keys.region(entry["region"]), orjson.dumps(entry))
+        if codes:
+            pipe.sadd(self.keys.regions, *codes)
+        pipe.set(self.keys.clock, str(merged.max_event_ts))
+
+    def _history_step(self, pipe: Any, snapshot: dict[str, Any],
+                      step_t: float) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """At a new history step: its points and the shift detector's alerts (none between
+        steps), and the leader state that carries over."""
+        alerts: list[dict[str, Any]] = []
+        step_points: dict[str, dict[str, Any]] = {}
+        if self.last_step is not None and step_t <= self.last_step:
+            return step_points, alerts
+        if snapshot["network"]["hashrate_hs"] is not None:
+            step_points = history_points(snapshot, step_t)
+            step_points.update(pool_history_points(snapshot.get("pools") or {}, step_t))
+            for series, point in step_points.items():
+                key = self.keys.history(series)
+                pipe.zremrangebyscore(key, step_t, step_t)
+                pipe.zadd(key, {orjson.dumps(point): step_t})
+                pipe.zremrangebyscore(key, "-inf", step_t - self.settings.history_retention_s)
+            alerts = self.detector.update(step_t, shares_for_detection(snapshot))
+        self.last_step = step_t
+        pipe.set(self.keys.leader, self._leader_state())
+        pipe.set(self._pools_key, orjson.dumps(self.memory.pools.to_state()))
+        return step_points, alerts
+
+    async def _send_outputs(self, body: bytes, step_t: float,
+                            step_points: dict[str, dict[str, Any]],
+                            alerts: list[dict[str, Any]]) -> None:
+        """The snapshot, the history step and the alerts to Kafka; alerts to the webhook."""
         await self.send(self.settings.topics.estimates, body)
         if step_points:
             await self.send(self.settings.topics.history, orjson.dumps({
@@ -190,7 +225,3 @@ class SnapshotPublisher:
             counter.labels(alert["state"]).inc()
             if self.webhook is not None:
                 self.webhook.offer(alert)
-        SNAPSHOTS_PUBLISHED.inc()
-        SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        return snapshot
-
