@@ -429,9 +429,42 @@ def median_phase(phases: list[Phase], mode: str) -> Phase:
     return ranked[len(phases) // 2]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _measure_rounds(args: argparse.Namespace, api_server: tuple[int, int],
+                    bare_server: tuple[int, int]
+                    ) -> dict[str, dict[str, list[Phase]]]:
+    """Rounds that interleave the two servers, so load from other processes on the machine
+    falls on both alike."""
     rounds: dict[str, dict[str, list[Phase]]] = {
         name: {"max": [], "fixed": []} for name in ("api", "bare")}
+    servers = {"api": api_server, "bare": bare_server}
+    for port, _ in servers.values():  # warm-up
+        measure("max", port, args.connections, args.rate, min(2.0, args.duration))
+    for round_index in range(args.rounds):
+        for mode in ("max", "fixed"):
+            for name, server in servers.items():
+                phase = run_phase(mode, server, args)
+                rounds[name][mode].append(phase)
+                print(f"  round {round_index + 1} {name:4s} {mode:5s} "
+                      f"{phase.load.requests_per_s:8.0f} req/s  "
+                      f"p50 {phase.load.p50_ms:6.2f} ms  "
+                      f"p99 {phase.load.p99_ms:6.2f} ms"
+                      f"  server {phase.server_cpu_us_per_request:6.1f} µs CPU/req"
+                      f"  errors {phase.load.errors}", flush=True)
+    return rounds
+
+
+def _summarise(rounds: dict[str, dict[str, list[Phase]]]) -> dict[str, dict[str, float]]:
+    summary: dict[str, dict[str, float]] = {}
+    for name, modes in rounds.items():
+        at_max = median_phase(modes["max"], "max")
+        at_rate = median_phase(modes["fixed"], "fixed")
+        summary[name] = {"max_rps": at_max.load.requests_per_s, "p50_ms": at_rate.load.p50_ms,
+                         "p99_ms": at_rate.load.p99_ms,
+                         "server_cpu_us_per_request": at_max.server_cpu_us_per_request}
+    return summary
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     with private_redis() if args.redis_url is None else _given(args.redis_url) as redis_url:
         body = write_snapshot(redis_url, realistic_snapshot(time.time()))
         env = {"HASHATLAS_REDIS_URL": redis_url, "HASHATLAS_REDIS_PREFIX": PREFIX,
@@ -449,29 +482,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "api_latency:bare_app_factory", {BODY_FILE_ENV: body_file.name},
                 "--factory", "--app-dir", str(Path(__file__).parent),
             ) as bare_server:
-                servers = {"api": api_server, "bare": bare_server}
-                for port, _ in servers.values():  # warm-up
-                    measure("max", port, args.connections, args.rate, min(2.0, args.duration))
-                # Rounds interleave the two servers, so load from other processes on the
-                # machine falls on both alike.
-                for round_index in range(args.rounds):
-                    for mode in ("max", "fixed"):
-                        for name, server in servers.items():
-                            phase = run_phase(mode, server, args)
-                            rounds[name][mode].append(phase)
-                            print(f"  round {round_index + 1} {name:4s} {mode:5s} "
-                                  f"{phase.load.requests_per_s:8.0f} req/s  "
-                                  f"p50 {phase.load.p50_ms:6.2f} ms  "
-                                  f"p99 {phase.load.p99_ms:6.2f} ms"
-                                  f"  server {phase.server_cpu_us_per_request:6.1f} µs CPU/req"
-                                  f"  errors {phase.load.errors}", flush=True)
-    summary: dict[str, dict[str, float]] = {}
-    for name, modes in rounds.items():
-        at_max = median_phase(modes["max"], "max")
-        at_rate = median_phase(modes["fixed"], "fixed")
-        summary[name] = {"max_rps": at_max.load.requests_per_s, "p50_ms": at_rate.load.p50_ms,
-                         "p99_ms": at_rate.load.p99_ms,
-                         "server_cpu_us_per_request": at_max.server_cpu_us_per_request}
+                rounds = _measure_rounds(args, api_server, bare_server)
+    summary = _summarise(rounds)
     api, bare = summary["api"], summary["bare"]
     ratio = api["max_rps"] / bare["max_rps"]
     return {

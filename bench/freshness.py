@@ -178,6 +178,30 @@ def freshness(samples: np.ndarray, published: np.ndarray, newest: np.ndarray,
     }
 
 
+async def _measure_rate(settings: Settings, rate_hz: float, duration_s: float, warmup_s: float,
+                        compact_interval_s: float, snapshot_interval_s: float,
+                        pids: dict[str, int], watcher: SnapshotWatcher) -> dict[str, Any]:
+    """One rate: produce paced events, then the delay until a snapshot includes each sample."""
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    produced = await _produce_paced(settings, rate_hz, duration_s)
+    # Let the last events through: a compaction, a take, a partial and a snapshot.
+    await asyncio.sleep(2.0 + 2 * compact_interval_s + 3 * snapshot_interval_s)
+    cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / produced["seconds"]
+           for name, pid in pids.items()}
+    samples = np.array(produced["samples"])
+    samples = samples[samples >= produced["start"] + warmup_s]
+    seen = watcher.seen
+    return {
+        "rate_hz": rate_hz,
+        "produced": produced["sent"],
+        "achieved_rate_hz": round(produced["sent"] / produced["seconds"], 1),
+        **freshness(samples, np.array([s.published_at for s in seen]),
+                    np.array([s.max_event_ts for s in seen]),
+                    np.array([s.observed_at for s in seen])),
+        "cpu_cores_used": {name: round(v, 3) for name, v in cpu.items()},
+    }
+
+
 async def measure(rates: list[float], duration_s: float, warmup_s: float,
                   compact_interval_s: float, snapshot_interval_s: float,
                   profile: bool = False) -> dict[str, Any]:
@@ -210,24 +234,8 @@ async def measure(rates: list[float], duration_s: float, warmup_s: float,
                 profiles = {name: SpyProfile(pid, PROFILE_DIR / f"freshness-{name}.txt")
                             for name, pid in pids.items()}
             for rate_hz in rates:
-                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                produced = await _produce_paced(settings, rate_hz, duration_s)
-                # Let the last events through: a compaction, a take, a partial and a snapshot.
-                await asyncio.sleep(2.0 + 2 * compact_interval_s + 3 * snapshot_interval_s)
-                cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / produced["seconds"]
-                       for name, pid in pids.items()}
-                samples = np.array(produced["samples"])
-                samples = samples[samples >= produced["start"] + warmup_s]
-                seen = watcher.seen
-                entry = {
-                    "rate_hz": rate_hz,
-                    "produced": produced["sent"],
-                    "achieved_rate_hz": round(produced["sent"] / produced["seconds"], 1),
-                    **freshness(samples, np.array([s.published_at for s in seen]),
-                                np.array([s.max_event_ts for s in seen]),
-                                np.array([s.observed_at for s in seen])),
-                    "cpu_cores_used": {name: round(v, 3) for name, v in cpu.items()},
-                }
+                entry = await _measure_rate(settings, rate_hz, duration_s, warmup_s,
+                                            compact_interval_s, snapshot_interval_s, pids, watcher)
                 result["rates"].append(entry)
                 print(f"{rate_hz:>8,.0f}/s: p50 {entry['p50_s']} s, p99 {entry['p99_s']} s",
                       flush=True)

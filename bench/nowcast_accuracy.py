@@ -80,29 +80,10 @@ def _true_log_hashrate(
     return drift_per_day * t_day + walk + np.log1p(-depth * curtailed), step
 
 
-def simulate_path(
-    rng: np.random.Generator,
-    days: float = 21.0,
-    eval_days: float = 7.0,
-    base_hashrate_hs: float = 7e20,
-    step_hits_sampled: bool = True,
-) -> SimulatedPath:
-    """Draw one path; the first `days − eval_days` days only build up block history.
-
-    With `step_hits_sampled` the step scales every pool alike (coverage stays c); without it the
-    step happens only outside the sampled pools, so the true coverage jumps at the step while ĉ,
-    a two-week block mean, follows slowly: the nowcast's known weak spot.
-    """
-    minutes = int(days * DAY_MIN)
-    eval_start_min = int((days - eval_days) * DAY_MIN)
-    h0 = base_hashrate_hs * rng.uniform(0.8, 1.2)
-    log_smooth, log_step = _true_log_hashrate(rng, minutes, eval_start_min)
-    hashrate = h0 * np.exp(log_smooth + log_step)
-    coverage = rng.uniform(0.35, 0.45)
-    sampled_hashrate = coverage * (hashrate if step_hits_sampled else h0 * np.exp(log_smooth))
-
-    # Blocks: block k is found when the cumulative work done reaches the previous total plus
-    # work_k · Exp(1); invert the (piecewise linear) cumulative work curve.
+def _draw_blocks(rng: np.random.Generator, hashrate: np.ndarray, h0: float, minutes: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Block times and works: block k is found when the cumulative work done reaches the previous
+    total plus work_k · Exp(1), with difficulty retargets every 2016 blocks."""
     grid_s = np.arange(minutes + 1) * MINUTE_S
     cum_work = np.concatenate(([0.0], np.cumsum(hashrate * MINUTE_S)))
     # difficulty slightly off at the start, as after a change of hashrate
@@ -126,7 +107,31 @@ def simulate_path(
         work_per_block *= float(np.clip(expected_span / span, 0.25, 4.0))
         epoch_first_time = times[-1]
         left_in_epoch = RETARGET_BLOCKS
-    found_s = np.concatenate(found)
+    return np.concatenate(found), np.concatenate(works)
+
+
+def simulate_path(
+    rng: np.random.Generator,
+    days: float = 21.0,
+    eval_days: float = 7.0,
+    base_hashrate_hs: float = 7e20,
+    step_hits_sampled: bool = True,
+) -> SimulatedPath:
+    """Draw one path; the first `days − eval_days` days only build up block history.
+
+    With `step_hits_sampled` the step scales every pool alike (coverage stays c); without it the
+    step happens only outside the sampled pools, so the true coverage jumps at the step while ĉ,
+    a two-week block mean, follows slowly: the nowcast's known weak spot.
+    """
+    minutes = int(days * DAY_MIN)
+    eval_start_min = int((days - eval_days) * DAY_MIN)
+    h0 = base_hashrate_hs * rng.uniform(0.8, 1.2)
+    log_smooth, log_step = _true_log_hashrate(rng, minutes, eval_start_min)
+    hashrate = h0 * np.exp(log_smooth + log_step)
+    coverage = rng.uniform(0.35, 0.45)
+    sampled_hashrate = coverage * (hashrate if step_hits_sampled else h0 * np.exp(log_smooth))
+
+    found_s, block_work = _draw_blocks(rng, hashrate, h0, minutes)
     header_s = np.round(found_s + rng.normal(0.0, 30.0, found_s.size))
     minute_of_block = np.minimum((found_s / MINUTE_S).astype(np.int64), minutes - 1)
     sampled_share = sampled_hashrate[minute_of_block] / hashrate[minute_of_block]
@@ -139,7 +144,7 @@ def simulate_path(
         hashrate_per_minute_hs=hashrate,
         block_found_s=found_s,
         block_header_time_s=header_s,
-        block_work=np.concatenate(works),
+        block_work=block_work,
         block_sampled=sampled,
         shares_per_minute=rng.poisson(share_rate),
         share_difficulty=share_difficulty,
