@@ -598,6 +598,62 @@ def _pair(values: tuple[float, float] | None) -> list[float] | None:
     return None if values is None else [values[0], values[1]]
 
 
+def _refresh_cache(memory: PoolMemory, chain: Mapping[str, Any], pools: list[str],
+                   works: list[float], heights: list[int]) -> None:
+    """Recompute lucks, block-implied shares and attribution quality when the chain moved."""
+    key = (hash(tuple(pools)), hash(tuple(works)), heights[0], heights[-1],
+           memory.ledger.version)
+    if key == memory.cache_key:
+        return
+    details = list(chain.get("coverage_details") or ["unknown"] * len(pools))
+    conflicts = list(chain.get("coverage_conflicts") or [None] * len(pools))
+    memory.cache = {
+        "lucks": {n: memory.ledger.luck(heights, pools, n) for n in WINDOWS},
+        "shares": {n: pool_hashrates_from_blocks(pools, works, n, None, None) for n in WINDOWS},
+        "attribution": attribution_quality(details, works, pools, conflicts),
+    }
+    memory.cache_key = key
+
+
+def _judge_divergence(memory: PoolMemory, as_of: float,
+                      lucks: Mapping[int, Mapping[str, Luck]], rates: Mapping[str, float]) -> None:
+    """Run the divergence detector on every pool's luck per window (after new blocks)."""
+    by_pool: dict[str, dict[int, Luck]] = {}
+    for n, rows in lucks.items():
+        for pool, luck in rows.items():
+            by_pool.setdefault(pool, {})[n] = luck
+    memory.pending_alerts.extend(memory.detector.update(as_of, by_pool, rates))
+
+
+def _pool_entries(memory: PoolMemory, chain: Mapping[str, Any], rates: Mapping[str, float],
+                  hashrates: Mapping[int, Mapping[str, PoolBlockHashrate]],
+                  groups: Mapping[str, str]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """One entry per pool seen in blocks or shares, largest first; and the active alerts."""
+    lucks: dict[int, dict[str, Luck]] = memory.cache["lucks"]
+    names = dict(chain.get("pool_names") or {})
+    longest = hashrates[max(WINDOWS)]
+    slugs = sorted(set(longest) | set(rates),
+                   key=lambda p: (-(longest[p].work_share if p in longest else 0.0), p))
+    min_covered = memory.detector.params.min_covered_blocks
+    entries, diverging = [], []
+    for slug in slugs:
+        active = memory.detector.active.get(slug)
+        entries.append({
+            "pool": slug,
+            "name": names.get(slug, slug),
+            "group": groups.get(slug),
+            "sampled": slug in rates,
+            "sample_hashrate_hs": rates.get(slug),
+            "hashrate": {str(n): _block_hashrate_json(hashrates[n].get(slug), n) for n in WINDOWS},
+            "luck": ({str(n): _luck_json(lucks[n].get(slug)) for n in WINDOWS}
+                     if slug in rates or any(slug in lucks[n] for n in WINDOWS) else None),
+            "validation": _validation(slug, rates, lucks, active, min_covered),
+        })
+        if active is not None:
+            diverging.append(active)
+    return entries, diverging
+
+
 def pools_section(
     as_of: float,
     windows: Mapping[float, Mapping[tuple[str, str], _Totals]],
@@ -612,67 +668,27 @@ def pools_section(
 
     ``chain`` is the chain summary (``ChainPartition.summary``): per block of the coverage
     window its pool, work, height, time, difficulty, attribution and reward."""
+    groups = dict(groups or {})
     rates, rate_window = sampled_pool_rates(windows)
     pools: list[str] = list(chain.get("coverage_pools") or [])
     works: list[float] = [float(w) for w in chain.get("coverage_works") or []]
     heights: list[int] = [int(h) for h in chain.get("coverage_heights") or []]
     section: dict[str, Any] = {
-        "windows": list(WINDOWS),
-        "tip_height": chain.get("tip_height"),
-        "rate_window_s": rate_window,
-        "pools": [],
-        "diverging": [],
-        "attribution": None,
-        "hashprice": {"blocks": 0},
-        "groups": dict(groups or {}),
+        "windows": list(WINDOWS), "tip_height": chain.get("tip_height"),
+        "rate_window_s": rate_window, "pools": [], "diverging": [], "attribution": None,
+        "hashprice": {"blocks": 0}, "groups": groups,
     }
     if not pools or len(heights) != len(pools):
         return section
-    times = [float(t) for t in chain["coverage_times"]]
     difficulties = [float(d) for d in chain["coverage_difficulties"]]
+    times = [float(t) for t in chain["coverage_times"]]
     recorded = memory.ledger.record(heights, times, difficulties, rates, as_of, RATE_MAX_AGE_S)
-    key = (hash(tuple(pools)), hash(tuple(works)), heights[0], heights[-1],
-           memory.ledger.version)
-    if key != memory.cache_key:
-        details = list(chain.get("coverage_details") or ["unknown"] * len(pools))
-        conflicts = list(chain.get("coverage_conflicts") or [None] * len(pools))
-        memory.cache = {
-            "lucks": {n: memory.ledger.luck(heights, pools, n) for n in WINDOWS},
-            "shares": {n: pool_hashrates_from_blocks(pools, works, n, None, None)
-                       for n in WINDOWS},
-            "attribution": attribution_quality(details, works, pools, conflicts),
-        }
-        memory.cache_key = key
-    lucks: dict[int, dict[str, Luck]] = memory.cache["lucks"]
+    _refresh_cache(memory, chain, pools, works, heights)
     if recorded:
-        by_pool: dict[str, dict[int, Luck]] = {}
-        for n, rows in lucks.items():
-            for pool, luck in rows.items():
-                by_pool.setdefault(pool, {})[n] = luck
-        memory.pending_alerts.extend(memory.detector.update(as_of, by_pool, rates))
-    names = dict(chain.get("pool_names") or {})
+        _judge_divergence(memory, as_of, memory.cache["lucks"], rates)
     hashrates = {n: with_network(memory.cache["shares"][n], network_hs, network_ci95_hs)
                  for n in WINDOWS}
-    longest = hashrates[max(WINDOWS)]
-    slugs = sorted(set(longest) | set(rates),
-                   key=lambda p: (-(longest[p].work_share if p in longest else 0.0), p))
-    min_covered = memory.detector.params.min_covered_blocks
-    for slug in slugs:
-        active = memory.detector.active.get(slug)
-        entry = {
-            "pool": slug,
-            "name": names.get(slug, slug),
-            "group": (groups or {}).get(slug),
-            "sampled": slug in rates,
-            "sample_hashrate_hs": rates.get(slug),
-            "hashrate": {str(n): _block_hashrate_json(hashrates[n].get(slug), n) for n in WINDOWS},
-            "luck": ({str(n): _luck_json(lucks[n].get(slug)) for n in WINDOWS}
-                     if slug in rates or any(slug in lucks[n] for n in WINDOWS) else None),
-            "validation": _validation(slug, rates, lucks, active, min_covered),
-        }
-        section["pools"].append(entry)
-        if active is not None:
-            section["diverging"].append(active)
+    section["pools"], section["diverging"] = _pool_entries(memory, chain, rates, hashrates, groups)
     section["attribution"] = memory.cache["attribution"]
     subsidies = list(chain.get("coverage_subsidies") or [])[-144:]
     fees = list(chain.get("coverage_fees") or [])[-144:]
