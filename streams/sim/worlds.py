@@ -304,6 +304,9 @@ class FastWorld:
         dsq = counts @ (world.difficulties**2)
         lag = world.feed_lag if world.feed_lag.size else np.zeros(len(self.sampled))
         end_ts = self.start_ts + end_offset
+        hhi, accounts = account_concentration(world, end_offset, rates[-1] if len(rates) else
+                                              np.zeros((len(self.sampled),
+                                                        len(world.sample_regions))))
         out = []
         for k, q, r in zip(*np.nonzero(n), strict=True):
             t = self.start_ts + float(starts[k])
@@ -315,6 +318,8 @@ class FastWorld:
                 "pool": self.sampled_slugs[q], "region": world.sample_regions[r],
                 "count": int(n[k, q, r]), "difficulty_sum": float(dsum[k, q, r]),
                 "difficulty_sq_sum": float(dsq[k, q, r]),
+                **account_fields(int(n[k, q, r]), float(dsum[k, q, r]), float(dsq[k, q, r]),
+                                 float(hhi[q, r]), int(accounts[q, r])),
             }))
         out.sort(key=lambda b: b.emitted)
         return (out, (self.start_ts + starts).astype(np.float64), rates.astype(np.float64),
@@ -365,6 +370,34 @@ class FastWorld:
         """The true network hashrate averaged over [t_from, t_to] (absolute times)."""
         offsets = np.linspace(t_from, t_to, points) - self.start_ts
         return float(np.mean([self.state(float(o))[0].sum() for o in offsets]))
+
+
+def account_concentration(world: World, offset: float, rates: FloatArray
+                          ) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """HHI of the mining accounts per (sampled pool, sample region) and their number: a farmed
+    leaf's accounts are its farms at that pool (one stratum account per farm); elsewhere every
+    worker is its own account (vardiff classes' worker counts at the pair's hashrate)."""
+    workers = np.maximum(1.0, rates[:, :, None] * world.workers_per_hs[:, None, :])
+    hhi = (np.square(world.class_weight)[:, None, :] / workers).sum(axis=2)
+    accounts = np.ceil(workers.sum(axis=2)).astype(np.int64)
+    farms = world.farms
+    if farms is not None:
+        at = farms.pools_at(offset)
+        for q, row in enumerate(world.sampled_index.tolist()):
+            for leaf in farms.leaves.tolist():
+                sizes = farms.size[(farms.leaf == leaf) & (at == row)]
+                total = float(sizes.sum())
+                hhi[q, leaf] = float(np.square(sizes).sum()) / total**2 if total > 0 else 0.0
+                accounts[q, leaf] = sizes.size
+    return hhi, accounts
+
+
+def account_fields(count: int, dsum: float, dsq: float, hhi: float, accounts: int
+                   ) -> dict[str, Any]:
+    """A batch's optional account fields, as a proxy would report them: the expected
+    Σ_a (Σd)² of shares falling to accounts of concentration ``hhi``, Σd² + HHI·((Σd)² − Σd²)."""
+    return {"accounts": max(1, min(accounts, count)),
+            "account_difficulty_sq_sum": dsq + hhi * (dsum * dsum - dsq)}
 
 
 def _roll_matrix(regions: Sequence[str], codes: Sequence[str]) -> FloatArray:
@@ -592,6 +625,8 @@ class WorldsReport:
     sample_hashrates: list[Calibration] = field(default_factory=list)
     block_hashrate: Calibration | None = None
     detection: dict[str, Any] | None = None
+    #: Regional share intervals by size band of the true share (``share_bands``).
+    share_bands: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -625,12 +660,38 @@ def summarise(scenario: Scenario, records: Sequence[Record], worlds: int, seed: 
         pooled[f"{label}_sample_hashrate"] = coverage_of(
             [r.lower for r in rows], [r.upper for r in rows], [r.truth for r in rows])
     blocks = [r for r in records if r.kind == "block_hashrate"]
-    return WorldsReport(scenario=scenario.name, worlds=worlds, seed=seed, checks=list(checks),
+    report = WorldsReport(scenario=scenario.name, worlds=worlds, seed=seed, checks=list(checks),
                         network=network, coverage=calibrate(records, "coverage", NETWORK),
                         shares=shares, hashrates=hashrates, windows=windows, pooled=pooled,
                         sample_hashrates=[calibrate(records, "sample_hashrate", c) for c in codes],
                         block_hashrate=(calibrate(records, "block_hashrate", NETWORK)
                                         if blocks else None))
+    report.share_bands = share_bands(records)
+    return report
+
+
+#: Bands of a region's true network share for ``share_bands`` (lower inclusive).
+SHARE_BANDS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.15), (0.15, 0.40), (0.01, 0.40))
+
+
+def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Coverage of ``share_ci95`` and its median half-width per band of true share, over
+    countries and subdivisions together: ``coverage`` counts a region the snapshot lacks as a
+    miss, ``served_coverage`` only the regions it serves."""
+    out = []
+    for low, high in SHARE_BANDS:
+        rows = [r for r in records if r.kind == "share" and low <= r.truth < high]
+        served = [(r.lower, r.upper, r.truth) for r in rows
+                  if r.lower is not None and r.upper is not None]
+        held = sum(1 for lower, upper, truth in served if lower <= truth <= upper)
+        halves = [(upper - lower) / 2 for lower, upper, _ in served]
+        out.append({
+            "band": [low, high], "n": len(rows), "missing": len(rows) - len(served),
+            "coverage": held / len(rows) if rows else None,
+            "served_coverage": held / len(served) if served else None,
+            "median_half_width": float(np.median(halves)) if halves else None,
+        })
+    return out
 
 
 def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
@@ -822,6 +883,16 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
                  f"(truth: sampled pools' hashrate in the region) countries "
                  f"{_f(pooled.get('countries_sample_hashrate'), '.3f')}, subdivisions "
                  f"{_f(pooled.get('subdivisions_sample_hashrate'), '.3f')}")
+    if report.share_bands:
+        lines.append("  share_ci95 by band of true share: n, missing, cover (missing = miss), "
+                     "cover of served, median ±pp")
+        for band in report.share_bands:
+            low, high = band["band"]
+            half = band["median_half_width"]
+            lines.append(f"    {low * 100:4g}–{high * 100:<4g}% {band['n']:6d} "
+                         f"{band['missing']:6d} {_f(band['coverage'], '6.3f')} "
+                         f"{_f(band['served_coverage'], '6.3f')} "
+                         f"{_f(half and half * 100, '7.3f')}")
     if report.windows:
         lines.append("")
         lines.append("window edges: each sampled pool's windowed hashrate vs its true mean "
