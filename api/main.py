@@ -81,7 +81,10 @@ JSON_MEDIA_TYPE = "application/json"
 EXAMPLE_POWER = {"lower": 1.2e10, "best": 1.9e10, "upper": 3.1e10}
 EXAMPLE_TWH = {"lower": 105.2, "best": 166.6, "upper": 271.7}
 EXAMPLE_REGION: dict[str, Any] = {
-    "region": "US", "name": "United States", "share": 0.378, "share_ci95": [0.37, 0.386],
+    "region": "US", "name": "United States", "share": 0.378, "share_ci95": [0.348, 0.408],
+    "sampling_ci95": [0.3778, 0.3782],
+    "share_se_parts": {"sampling": 0.0001, "pool_weights": 0.0, "heterogeneity": 0.0145,
+                       "clustering": 0.0038},
     "hashrate_hs": 2.8e20, "hashrate_ci95_hs": [2.7e20, 2.9e20], "sample_hashrate_hs": 1.2e20,
     "power_w": {"lower": 4.5e9, "best": 7.2e9, "upper": 1.2e10},
     "annualized_twh": {"lower": 39.4, "best": 63.1, "upper": 105.2},

@@ -297,6 +297,9 @@ class NetworkEntry(BaseModel):
     sources: list[str] = Field(default_factory=list)
     coverage: float | None
     coverage_ci95: tuple[float, float] | None = None
+    unlisted_region_share_max: float | None = Field(default=None, description=(
+        "At most this share of the network (1 − lower bound of coverage) lies in regions the "
+        "sample does not see and the snapshot does not list."))
     sample_hashrate_hs: float
     power_w: PowerBand | None
     annualized_twh: PowerBand | None
@@ -306,11 +309,34 @@ class NetworkEntry(BaseModel):
     blocks_seen: int = 0
 
 
+class ShareSeParts(BaseModel):
+    """A region's network-share standard error by source (``core/network_shares``)."""
+
+    sampling: float = Field(description="Poisson error of the share sample itself.")
+    pool_weights: float = Field(description=(
+        "Error of the pools' block-count weights (pool_weighted weighting only; else 0)."))
+    heterogeneity: float = Field(description=(
+        "Unsampled pools may mix regions differently: random effects across pools (τ² from "
+        "their spread, shrunk to a prior when pools are few) × (1/n_unsampled + Σw²)·(1 − ĉ)²."))
+    clustering: float = Field(description=(
+        "A region is a finite number of mining accounts: (1 − ĉ)·HHI of the sampled accounts "
+        "(from share_batch.account_difficulty_sq_sum; 0.1 assumed where not reported)."))
+
+
 class RegionEntry(BaseModel):
     region: str
     name: str
-    share: float
-    share_ci95: tuple[float, float]
+    share: float = Field(description="The region's share of the (weighted) share sample.")
+    share_ci95: tuple[float, float] = Field(description=(
+        "95 % interval of the region's share of the whole NETWORK: sampling, pool weights, "
+        "between-pool heterogeneity and clustering (share_se_parts). Assumes the unsampled "
+        "pools' mixes are drawn like the sampled ones' and accounts sit at sampled pools at "
+        "random; a region no sampled pool sees is not listed (network.unlisted_region_share_max)."))
+    sampling_ci95: tuple[float, float] | None = Field(default=None, description=(
+        "95 % interval of the share of the SAMPLE only (Poisson error of the shares): what "
+        "share_ci95 was before #14; right for changes over time, not for the network's share."))
+    share_se_parts: ShareSeParts | None = Field(default=None, description=(
+        "share_ci95's standard error by source; they add in quadrature."))
     hashrate_hs: float | None
     hashrate_ci95_hs: tuple[float, float] | None
     sample_hashrate_hs: float

@@ -19,7 +19,10 @@ here (delta method, independent parts, ±1.96 SE):
   are given ``DEFAULT_ACCOUNT_CONCENTRATION`` (conservative: as if ten equal accounts).
 
 Lumpy farms are one cause of pools' mixes differing, so the spread between pools already holds
-part of the clustering: the larger of the two variances is used, not their sum.
+part of the clustering and adding both overlaps. The sum is kept on purpose: the concentration
+is itself estimated from the sampled accounts only, and with heavy-tailed farm sizes it is
+smallest exactly when the largest farm is missing from the sample (measured: with the larger of
+the two alone, lumpy regions of 5–40 % were covered 79–89 % of the time).
 """
 
 from __future__ import annotations
@@ -78,8 +81,8 @@ class ShareUncertainty:
 
     @property
     def total(self) -> float:
-        return math.sqrt(self.sampling**2 + self.pool_weights**2
-                         + max(self.heterogeneity, self.clustering) ** 2)
+        return math.sqrt(self.sampling**2 + self.pool_weights**2 + self.heterogeneity**2
+                         + self.clustering**2)
 
 
 def heterogeneity_variance(mixes: FloatArray, mix_variances: FloatArray, weights: FloatArray,

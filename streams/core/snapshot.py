@@ -383,6 +383,8 @@ def build_snapshot(
             "sources": list(network.sources) if network else [],
             "coverage": coverage.sampled_work_share if coverage else None,
             "coverage_ci95": list(coverage.ci95) if coverage else None,
+            # A region no sampled pool sees can only be in the unsampled part (1 − ĉ).
+            "unlisted_region_share_max": 1.0 - coverage.ci95[0] if coverage else 1.0,
             "sample_hashrate_hs": sample_hs,
             "power_w": _band(network_band),
             "annualized_twh": _twh(network_band),

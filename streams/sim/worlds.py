@@ -510,6 +510,9 @@ def snapshot_records(world: int, check: float, snap: Mapping[str, Any], merged: 
         entry = served.get(code)
         if entry is None and share <= 0:
             continue
+        if entry is None and net.get("unlisted_region_share_max") is not None:
+            out.append(Record(world, check, code, "unlisted_share", None, 0.0,
+                              float(net["unlisted_region_share_max"]), share))
         entry = entry or {}
         sci = entry.get("share_ci95") or [None, None]
         hci = entry.get("hashrate_ci95_hs") or [None, None]
@@ -677,18 +680,22 @@ SHARE_BANDS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.15), (0.15, 0.40), (0.01, 0.4
 def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
     """Coverage of ``share_ci95`` and its median half-width per band of true share, over
     countries and subdivisions together: ``coverage`` counts a region the snapshot lacks as a
-    miss, ``served_coverage`` only the regions it serves."""
+    miss, ``served_coverage`` only the regions it serves, ``unlisted_coverage`` counts a missing
+    region as held when its share is within the snapshot's ``unlisted_region_share_max``."""
     out = []
     for low, high in SHARE_BANDS:
         rows = [r for r in records if r.kind == "share" and low <= r.truth < high]
         served = [(r.lower, r.upper, r.truth) for r in rows
                   if r.lower is not None and r.upper is not None]
         held = sum(1 for lower, upper, truth in served if lower <= truth <= upper)
+        unlisted = sum(1 for r in records if r.kind == "unlisted_share" and low <= r.truth < high
+                       and r.upper is not None and r.truth <= r.upper)
         halves = [(upper - lower) / 2 for lower, upper, _ in served]
         out.append({
             "band": [low, high], "n": len(rows), "missing": len(rows) - len(served),
             "coverage": held / len(rows) if rows else None,
             "served_coverage": held / len(served) if served else None,
+            "unlisted_coverage": (held + unlisted) / len(rows) if rows else None,
             "median_half_width": float(np.median(halves)) if halves else None,
         })
     return out
@@ -885,13 +892,14 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
                  f"{_f(pooled.get('subdivisions_sample_hashrate'), '.3f')}")
     if report.share_bands:
         lines.append("  share_ci95 by band of true share: n, missing, cover (missing = miss), "
-                     "cover of served, median ±pp")
+                     "cover of served, cover (missing within unlisted max), median ±pp")
         for band in report.share_bands:
             low, high = band["band"]
             half = band["median_half_width"]
             lines.append(f"    {low * 100:4g}–{high * 100:<4g}% {band['n']:6d} "
                          f"{band['missing']:6d} {_f(band['coverage'], '6.3f')} "
                          f"{_f(band['served_coverage'], '6.3f')} "
+                         f"{_f(band['unlisted_coverage'], '6.3f')} "
                          f"{_f(half and half * 100, '7.3f')}")
     if report.windows:
         lines.append("")
