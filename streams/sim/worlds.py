@@ -62,6 +62,8 @@ from streams.sim.model import (
     SECONDS_PER_DAY,
     TARGET_BLOCK_S,
     World,
+    account_concentration,
+    account_fields,
     bits_for_difficulty,
     build_world,
 )
@@ -370,34 +372,6 @@ class FastWorld:
         """The true network hashrate averaged over [t_from, t_to] (absolute times)."""
         offsets = np.linspace(t_from, t_to, points) - self.start_ts
         return float(np.mean([self.state(float(o))[0].sum() for o in offsets]))
-
-
-def account_concentration(world: World, offset: float, rates: FloatArray
-                          ) -> tuple[FloatArray, npt.NDArray[np.int64]]:
-    """HHI of the mining accounts per (sampled pool, sample region) and their number: a farmed
-    leaf's accounts are its farms at that pool (one stratum account per farm); elsewhere every
-    worker is its own account (vardiff classes' worker counts at the pair's hashrate)."""
-    workers = np.maximum(1.0, rates[:, :, None] * world.workers_per_hs[:, None, :])
-    hhi = (np.square(world.class_weight)[:, None, :] / workers).sum(axis=2)
-    accounts = np.ceil(workers.sum(axis=2)).astype(np.int64)
-    farms = world.farms
-    if farms is not None:
-        at = farms.pools_at(offset)
-        for q, row in enumerate(world.sampled_index.tolist()):
-            for leaf in farms.leaves.tolist():
-                sizes = farms.size[(farms.leaf == leaf) & (at == row)]
-                total = float(sizes.sum())
-                hhi[q, leaf] = float(np.square(sizes).sum()) / total**2 if total > 0 else 0.0
-                accounts[q, leaf] = sizes.size
-    return hhi, accounts
-
-
-def account_fields(count: int, dsum: float, dsq: float, hhi: float, accounts: int
-                   ) -> dict[str, Any]:
-    """A batch's optional account fields, as a proxy would report them: the expected
-    Σ_a (Σd)² of shares falling to accounts of concentration ``hhi``, Σd² + HHI·((Σd)² − Σd²)."""
-    return {"accounts": max(1, min(accounts, count)),
-            "account_difficulty_sq_sum": dsq + hhi * (dsum * dsum - dsq)}
 
 
 def _roll_matrix(regions: Sequence[str], codes: Sequence[str]) -> FloatArray:
