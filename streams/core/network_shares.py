@@ -186,13 +186,15 @@ def share_uncertainties(
     pair_hs = np.array([float(samples[k].hashrate_hs) for k in pairs])
     pair_hhi = np.array([context.concentration.get(k, DEFAULT_ACCOUNT_CONCENTRATION)
                          for k in pairs])
-    pair_code = [country_of(r) if level == "country" else r for _, r in pairs]
+    column = {code: i for i, code in enumerate(codes)}
+    pair_column = np.array([column.get(country_of(r) if level == "country" else r, -1)
+                            for _, r in pairs])
     block_shares = np.array([float(context.pool_block_shares.get(p, 0.0)) for p in pools])
     out = {}
     for i, code in enumerate(codes):
         share = shares[code].share
         tau2 = heterogeneity_variance(mixes[:, i], mix_var[:, i], weights, share)
-        in_region = np.array([c == code for c in pair_code], dtype=np.float64)
+        in_region = (pair_column == i).astype(np.float64)
         out[code] = ShareUncertainty(
             sampling=shares[code].share_se,
             pool_weights=math.sqrt(weights_variance(
