@@ -125,12 +125,18 @@ class ShareBatchEvent(_Event):
     count: int = Field(ge=0, strict=True)
     difficulty_sum: FiniteFloat = Field(ge=0)
     difficulty_sq_sum: FiniteFloat = Field(ge=0)
-
+    #: Optional, for the regional intervals' clustering term (``core/account_concentration``):
+    #: distinct workers and mining accounts (the stratum login before its first '.') behind the
+    #: batch, and Σ over accounts of (Σd of the account's shares)². Sums only: nobody named.
+    workers: int | None = Field(default=None, ge=0, strict=True)
+    accounts: int | None = Field(default=None, ge=0, strict=True)
+    account_difficulty_sq_sum: FiniteFloat | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> ShareBatchEvent:
         if self.end < self.start:
             raise ValueError("end: must not be before start")
+        self._accounts_consistent()
         if self.count == 0:
             if self.difficulty_sum or self.difficulty_sq_sum:
                 raise ValueError("difficulty_sum: must be 0 when count is 0")
@@ -145,6 +151,17 @@ class ShareBatchEvent(_Event):
                 "(need difficulty_sum²/count ≤ difficulty_sq_sum ≤ difficulty_sum²)"
             )
         return self
+
+    def _accounts_consistent(self) -> None:
+        """Accounts' squared sums lie between the shares' (one share each) and the batch's
+        (one account): Σd² ≤ A ≤ (Σd)²; at most as many accounts as shares."""
+        a = self.account_difficulty_sq_sum
+        if a is not None and not (self.difficulty_sq_sum * (1 - 1e-9) <= a
+                                  <= self.difficulty_sum**2 * (1 + 1e-9)):
+            raise ValueError("account_difficulty_sq_sum: must lie between difficulty_sq_sum "
+                             "and difficulty_sum²")
+        if self.accounts is not None and self.accounts > self.count:
+            raise ValueError("accounts: more accounts than shares")
 
 
 class BlockEvent(_Event):

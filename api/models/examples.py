@@ -7,7 +7,10 @@ from typing import Any
 EXAMPLE_POWER = {"lower": 1.2e10, "best": 1.9e10, "upper": 3.1e10}
 EXAMPLE_TWH = {"lower": 105.2, "best": 166.6, "upper": 271.7}
 EXAMPLE_REGION: dict[str, Any] = {
-    "region": "US", "name": "United States", "share": 0.378, "share_ci95": [0.37, 0.386],
+    "region": "US", "name": "United States", "share": 0.378, "share_ci95": [0.348, 0.408],
+    "sampling_ci95": [0.3778, 0.3782],
+    "share_se_parts": {"sampling": 0.0001, "pool_weights": 0.0, "heterogeneity": 0.0145,
+                       "clustering": 0.0038},
     "hashrate_hs": 2.8e20, "hashrate_ci95_hs": [2.7e20, 2.9e20], "sample_hashrate_hs": 1.2e20,
     "sample_hashrate_ci95_hs": [1.19e20, 1.21e20],
     "power_w": {"lower": 4.5e9, "best": 7.2e9, "upper": 1.2e10},
@@ -20,7 +23,8 @@ EXAMPLE_SNAPSHOT: dict[str, Any] = {
     "network": {
         "hashrate_hs": 7.5e20, "hashrate_ci95_hs": [7.2e20, 7.8e20], "source": "fused",
         "sources": ["shares", "coverage", "blocks"], "coverage": 0.41,
-        "coverage_ci95": [0.37, 0.45], "sample_hashrate_hs": 3.1e20,
+        "coverage_ci95": [0.37, 0.45], "unlisted_region_share_max": 0.63,
+        "sample_hashrate_hs": 3.1e20,
         "power_w": EXAMPLE_POWER, "annualized_twh": EXAMPLE_TWH, "hashprice_usd_ph_day": 52.1,
         "profitability_threshold_j_gh": 0.041, "block_hashrate_hs": 7.4e20,
         "block_hashrate_ci95_hs": [6.2e20, 8.9e20], "blocks_seen": 2016, "tip_height": 872000,

@@ -312,7 +312,8 @@ function hover(code, el, ev) {
 function regionFacts(r) {
   const rows = [
     ["Share", `${pct(r.share)}`],
-    ["95 % interval", pctRange(r.share_ci95)],
+    ["95 % interval", `${pctRange(r.share_ci95)} of the network`],
+    ["Sample only", r.sampling_ci95 ? `${pctRange(r.sampling_ci95)} (shares' Poisson error)` : "–"],
     ["Hashrate", r.hashrate_hs != null ? hashrate(r.hashrate_hs) : "–"],
     ["Hashrate 95 %", r.hashrate_ci95_hs ? rangeOf(r.hashrate_ci95_hs[0], r.hashrate_ci95_hs[1], HASH_UNITS) : "–"],
     ["Power", r.power_w ? `${watts(r.power_w.best)} (${rangeOf(r.power_w.lower, r.power_w.upper, WATT_UNITS)})` : "–"],

@@ -124,6 +124,10 @@ class RegionShare:
     sample_hashrate_hs: float
     sample_se_hs: float
     share_se: float
+    #: The sampling-only interval and SE (what `region_shares` puts in `share_ci95`); after
+    #: `network_share_intervals`, `share_ci95`/`share_se` cover the network's share instead.
+    sampling_ci95: tuple[float, float] | None = None
+    sampling_se: float | None = None
 
 
 def _checked(key: tuple[str, str], sample: SampleLike) -> tuple[float, float]:
@@ -335,6 +339,8 @@ def region_shares(
             sample_hashrate_hs=float(sample_hashrate[i]),
             sample_se_hs=math.sqrt(float(sample_var[i])),
             share_se=se,
+            sampling_ci95=(max(0.0, share - Z95 * se), min(1.0, share + Z95 * se)),
+            sampling_se=se,
         )
     return result
 

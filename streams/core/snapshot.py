@@ -8,7 +8,7 @@ numbers), a summary of the best chain and the latest BTC/USD price. Output is th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,11 @@ from streams.core.network import (
     NetworkEstimate,
     coverage_from_blocks,
     nowcast_network_hashrate,
+)
+from streams.core.network_shares import (
+    ShareUncertainty,
+    network_context,
+    network_share_intervals,
 )
 from streams.core.pools import PoolMemory, pools_section
 from streams.core.regions import (
@@ -95,11 +100,14 @@ class MergedSample:
     as_of: float
     max_event_ts: float
     windows: dict[float, dict[Key, SampleTotals]]
+    #: Per (pool, region): Σ D·HHI, Σ D reported, Σ D unreported (``core/account_concentration``).
+    concentration: dict[Key, tuple[float, float, float]] = field(default_factory=dict)
 
 
 def merge_partials(partials: Iterable[SharePartial]) -> MergedSample | None:
     """Merge the partials workers wrote per partition (see ``ShareBatchPartition.partial``)."""
     windows: dict[float, dict[Key, SampleTotals]] = {}
+    concentration: dict[Key, tuple[float, float, float]] = {}
     as_of = 0.0
     max_event_ts = 0.0
     seen = False
@@ -115,9 +123,21 @@ def merge_partials(partials: Iterable[SharePartial]) -> MergedSample | None:
                 key = (row.pool, row.region)
                 previous = totals.get(key)
                 totals[key] = sample if previous is None else previous.merged(sample)
+        merge_concentration(concentration, partial.concentration)
     if not seen:
         return None
-    return MergedSample(as_of=as_of, max_event_ts=max_event_ts, windows=windows)
+    return MergedSample(as_of=as_of, max_event_ts=max_event_ts, windows=windows,
+                        concentration=concentration)
+
+
+def merge_concentration(into: dict[Key, tuple[float, float, float]],
+                        rows: Iterable[Sequence[Any]]) -> None:
+    """Add a partial's concentration rows [pool, region, Σ D·HHI, Σ D, Σ D unreported]."""
+    for pool, region, weighted, reported, unreported in rows:
+        key = (str(pool), str(region))
+        old = into.get(key, (0.0, 0.0, 0.0))
+        into[key] = (old[0] + float(weighted), old[1] + float(reported),
+                     old[2] + float(unreported))
 
 
 @dataclass(frozen=True)
@@ -277,6 +297,13 @@ def build_snapshot(
         totals, weighting=config.weighting, pool_weights=pool_weights,
         suspect_regions=config.suspect_regions, level="subdivision").items()
         if is_subdivision(code)}
+    context = network_context(chain, coverage.sampled_work_share if coverage else None,
+                              coverage.ci95 if coverage else None, sampled_pools,
+                              sample.concentration)
+    countries, country_parts = network_share_intervals(
+        countries, totals, context, level="country", weighting=config.weighting)
+    subdivisions, subdivision_parts = network_share_intervals(
+        subdivisions, totals, context, level="subdivision", weighting=config.weighting)
 
     # Each region's totals, and each country's (its own and its subdivisions'), in one pass:
     # sample_interval runs for every region entry.
@@ -305,7 +332,8 @@ def build_snapshot(
         )
         return list(combined.ci95_hs())
 
-    def entries(shares: Mapping[str, RegionShare]) -> list[dict[str, Any]]:
+    def entries(shares: Mapping[str, RegionShare],
+                parts: Mapping[str, ShareUncertainty]) -> list[dict[str, Any]]:
         if network is None:
             hashrates = {}
             bands: dict[str, PowerBand] = {}
@@ -326,6 +354,11 @@ def build_snapshot(
                 "name": region_name(code),
                 "share": share.share,
                 "share_ci95": list(share.share_ci95),
+                "sampling_ci95": list(share.sampling_ci95 or share.share_ci95),
+                "share_se_parts": {
+                    "sampling": parts[code].sampling, "pool_weights": parts[code].pool_weights,
+                    "heterogeneity": parts[code].heterogeneity,
+                    "clustering": parts[code].clustering},
                 "hashrate_hs": regional.hashrate_hs if regional else None,
                 "hashrate_ci95_hs": list(regional.hashrate_ci95_hs) if regional else None,
                 "sample_hashrate_hs": share.sample_hashrate_hs,
@@ -352,6 +385,8 @@ def build_snapshot(
             "sources": list(network.sources) if network else [],
             "coverage": coverage.sampled_work_share if coverage else None,
             "coverage_ci95": list(coverage.ci95) if coverage else None,
+            # A region no sampled pool sees can only be in the unsampled part (1 − ĉ).
+            "unlisted_region_share_max": 1.0 - coverage.ci95[0] if coverage else 1.0,
             "sample_hashrate_hs": sample_hs,
             "power_w": _band(network_band),
             "annualized_twh": _twh(network_band),
@@ -363,8 +398,8 @@ def build_snapshot(
             "tip_height": chain.get("tip_height"),
             "implausible_pools": {pool: round(ratio, 3) for pool, ratio in flagged.items()},
         },
-        "regions": entries(countries),
-        "subdivisions": entries(subdivisions),
+        "regions": entries(countries, country_parts),
+        "subdivisions": entries(subdivisions, subdivision_parts),
         "pools": pools_section(sample.as_of, sample.windows, chain,
                                network.hashrate_hs if network else None,
                                network.ci95_hs if network else None, btc_usd, memory.pools,
@@ -398,9 +433,13 @@ def history_points(snapshot: Mapping[str, Any], t: float) -> dict[str, dict[str,
 
 
 def shares_for_detection(snapshot: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """Country shares with their standard errors (from the 95 % interval), for shift detection."""
+    """Country shares with their sampling standard errors (from ``sampling_ci95``), for shift
+    detection: heterogeneity and clustering are persistent offsets, not moves over time."""
+    def interval(entry: Mapping[str, Any]) -> Sequence[float]:
+        return entry.get("sampling_ci95") or entry["share_ci95"]
+
     return {
         entry["region"]: (entry["share"],
-                          (entry["share_ci95"][1] - entry["share_ci95"][0]) / (2 * 1.959964))
+                          (interval(entry)[1] - interval(entry)[0]) / (2 * 1.959964))
         for entry in snapshot["regions"]
     }

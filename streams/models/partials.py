@@ -36,6 +36,23 @@ class WindowRow(NamedTuple):
                    float(scale))
 
 
+class ConcentrationRow(NamedTuple):
+    """How concentrated one (pool, region)'s work is in few mining accounts, over the headline
+    window (``core/account_concentration``): Σ D·HHI and the difficulty with and without an
+    account report."""
+
+    pool: str
+    region: str
+    weighted_hhi: float
+    reported_difficulty: float
+    unreported_difficulty: float
+
+    @classmethod
+    def from_json(cls, row: Sequence[Any]) -> ConcentrationRow:
+        pool, region, weighted, reported, unreported = row
+        return cls(str(pool), str(region), float(weighted), float(reported), float(unreported))
+
+
 @dataclass(frozen=True)
 class SharePartial:
     """One ``share-batches`` partition's window totals at ``t_eval``, for the leader to merge.
@@ -47,6 +64,8 @@ class SharePartial:
     max_event_ts: float
     #: Window length (s) → rows of the keys with shares in that window.
     windows: Mapping[float, Sequence[WindowRow]] = field(default_factory=dict)
+    #: Per (pool, region) with shares in the headline window; empty from older workers.
+    concentration: Sequence[ConcentrationRow] = ()
     partition: int | None = None
     next_offset: int | None = None
     last_event_wall: float = 0.0
@@ -64,6 +83,7 @@ class SharePartial:
             "max_event_ts": self.max_event_ts,
             "windows": {str(int(window)): [tuple(row) for row in rows]
                         for window, rows in self.windows.items()},
+            "concentration": [tuple(row) for row in self.concentration],
         }
         if self.partition is not None:
             body.update(partition=self.partition, next_offset=self.next_offset,
@@ -80,6 +100,8 @@ class SharePartial:
             max_event_ts=float(body["max_event_ts"]),
             windows={float(window): [WindowRow.from_json(row) for row in rows]
                      for window, rows in body["windows"].items()},
+            concentration=[ConcentrationRow.from_json(row)
+                           for row in body.get("concentration", ())],
             partition=int(partition) if partition is not None else None,
             next_offset=int(next_offset) if next_offset is not None else None,
             last_event_wall=float(body.get("last_event_wall", 0.0)),

@@ -63,6 +63,9 @@ class NetworkEntry(_Strict):
     coverage_ci95: Pair | None = Field(description=(
         "Wilson 95 % interval of coverage (0..1), treating the window's blocks as independent "
         "draws; null with coverage"))
+    unlisted_region_share_max: float = Field(description=(
+        "At most this share of the network (1 − coverage_ci95's lower bound; 1 without "
+        "coverage) lies in regions no sampled pool sees, which the snapshot cannot list"))
     sample_hashrate_hs: float = Field(description=(
         "Hashrate the share sample itself shows over the headline window, H/s, summed over the "
         "sampled pools (implausible pools left out); 0 without shares"))
@@ -95,6 +98,22 @@ class NetworkEntry(_Strict):
         "blocks bound its hashrate"))
 
 
+class ShareSeParts(_Strict):
+    """A region's network-share standard error by source (``core/network_shares``), 0..1."""
+
+    sampling: float = Field(description="Poisson error of the share sample itself")
+    pool_weights: float = Field(description=(
+        "Error of the pools' block-count weights (pool_weighted weighting only; else 0)"))
+    heterogeneity: float = Field(description=(
+        "Unsampled pools may mix regions differently: random effects across pools (τ² from "
+        "their spread, shrunk to a prior κ·s(1−s) when pools are few) × (1/n_unsampled + Σw²)"
+        "·(1 − ĉ)²"))
+    clustering: float = Field(description=(
+        "A region is a finite number of mining accounts: (1 − ĉ)·HHI of the sampled accounts "
+        "(from share_batch.account_difficulty_sq_sum; ten equal accounts assumed where not "
+        "reported)"))
+
+
 class RegionEntry(_Strict):
     """One country (or ISO 3166-2 subdivision, or ZZ for unknown location) in the snapshot."""
 
@@ -102,12 +121,21 @@ class RegionEntry(_Strict):
     name: str = Field(description="The region's English name (ISO 3166)")
     share: float = Field(description=(
         "The region's share of the sampled hashrate (0..1; pooled, or weighted by each pool's "
-        "block share when configured; suspect VPN regions spread out). Assumes the sampled "
-        "pools' geography is the network's"))
+        "block share when configured; suspect VPN regions spread out): the point estimate of "
+        "its share of the network"))
     share_ci95: Pair = Field(description=(
-        "Delta-method 95 % interval of share (0..1): sampling noise of the shares only. It "
-        "covers the sampled pools' mix, not the network's share when unsampled pools mix "
-        "regions differently, nor geolocation or VPN error"))
+        "95 % interval of the region's share of the whole NETWORK (0..1): sampling, pool "
+        "weights, between-pool heterogeneity and clustering added in quadrature "
+        "(share_se_parts). Assumes the unsampled pools' regional mixes are drawn like the "
+        "sampled pools' (random effects, shrunk to a prior when pools are few) and that a "
+        "region's accounts sit at pools at random; a region no sampled pool sees is not listed "
+        "(network.unlisted_region_share_max bounds them). Not geolocation or VPN error"))
+    sampling_ci95: Pair = Field(description=(
+        "Delta-method 95 % interval of the share of the SAMPLE only (0..1): Poisson noise of the "
+        "shares, what share_ci95 was before issue #14. Right for changes of the sample over "
+        "time (shift detection uses it), not for the network's share"))
+    share_se_parts: ShareSeParts = Field(description=(
+        "share_ci95's standard error by source; they add in quadrature"))
     hashrate_hs: float | None = Field(description=(
         "share × network hashrate, H/s; null without a network estimate"))
     hashrate_ci95_hs: Pair | None = Field(description=(

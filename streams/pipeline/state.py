@@ -30,13 +30,14 @@ from streams.contracts import (
     decode_input,
     latest_event_time,
 )
+from streams.core.account_concentration import AccountConcentration
 from streams.core.blocks import BestChain, BlockFacts, PoolDirectory, describe_block
 from streams.core.network import network_hashrate_from_blocks
 from streams.core.regions import UNKNOWN_REGION, normalise_region
 from streams.core.shares import ShareOutcome, ShareWindows
 from streams.metrics import LABEL_OVERFLOW
 from streams.models.chain import COVERAGE_BLOCKS, FEE_BLOCKS, RATE_WINDOWS, BlockRate, ChainSummary
-from streams.models.partials import PricePartial, SharePartial, WindowRow
+from streams.models.partials import ConcentrationRow, PricePartial, SharePartial, WindowRow
 from streams.settings import Settings
 
 #: Where shares of pools beyond the cap are credited (nothing is dropped).
@@ -83,6 +84,23 @@ def plain_batch_fields(
     if region is None or not consistent:
         return None
     return pool, region, start, end, count, total, squares
+
+
+def plain_account_sq_sum(body: dict[str, Any], fields: BatchFields) -> tuple[bool, float | None]:
+    """(plainly valid, value) of the optional account fields of a plain batch: each absent or
+    null, or ``workers`` an int ≥ 0, ``accounts`` an int in [0, count] and
+    ``account_difficulty_sq_sum`` a JSON float in [Σd², (Σd)²] (the contract's rules); anything
+    else is for the contract to judge. The value is ``account_difficulty_sq_sum``."""
+    count, total, squares = fields[4], fields[5], fields[6]
+    workers, accounts = body.get("workers"), body.get("accounts")
+    value = body.get("account_difficulty_sq_sum")
+    plain = (
+        (workers is None or (type(workers) is int and workers >= 0))
+        and (accounts is None or (type(accounts) is int and 0 <= accounts <= count))
+        and (value is None or (type(value) is float
+                               and squares * (1 - 1e-9) <= value <= total * total * (1 + 1e-9)))
+    )
+    return plain, value if plain else None
 
 
 class Admission(enum.Enum):
@@ -182,6 +200,8 @@ class ShareBatchPartition:
     version: int = 0
     #: Raw region labels the contract accepted, with their codes (the fast path's to reuse).
     region_codes: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Mining-account concentration per (pool, region), from batches that report it.
+    concentration: AccountConcentration = field(default_factory=AccountConcentration)
 
     def labels(self, pool: str, region: str) -> tuple[str, str, str | None]:
         """The labels to credit under, capped so a label flood cannot exhaust memory: a new
@@ -217,14 +237,23 @@ class ShareBatchPartition:
         except orjson.JSONDecodeError:
             body = None
         fields = None
+        account_sq: float | None = None
         if type(body) is dict:
             fields = plain_batch_fields(body, self.region_codes,
                                         latest_event_time(now, self.max_future_skew_s))
+            if fields is not None:
+                plain, account_sq = plain_account_sq_sum(body, fields)
+                fields = fields if plain else None
         if fields is None:
-            fields = self._contract_fields(raw, body, now)
-        return self._credit(*fields)
+            fields, account_sq = self._contract_fields(raw, body, now)
+        outcome = self._credit(*fields)
+        if outcome is ShareOutcome.CREDITED:
+            pool, region, _ = self.labels(fields[0], fields[1])
+            self.concentration.add((pool, region), fields[3], fields[5], fields[6], account_sq)
+        return outcome
 
-    def _contract_fields(self, raw: bytes, body: Any, now: float) -> BatchFields:
+    def _contract_fields(self, raw: bytes, body: Any,
+                         now: float) -> tuple[BatchFields, float | None]:
         """The batch as the contract reads it at ``now``, or its InvalidEvent. A region label
         it accepts is remembered: its validity depends on the label alone."""
         event = decode_input(raw, now=now, max_future_skew_s=self.max_future_skew_s)
@@ -238,7 +267,7 @@ class ShareBatchPartition:
         if type(label) is str and len(self.region_codes) < MAX_REMEMBERED_REGIONS:
             self.region_codes[label] = region
         return (event.pool, region, event.start, event.end, event.count, event.difficulty_sum,
-                event.difficulty_sq_sum)
+                event.difficulty_sq_sum), event.account_difficulty_sq_sum
 
     def _credit(self, pool: str, region: str, start: float, end: float, count: int,
                 difficulty_sum: float, difficulty_sq_sum: float) -> ShareOutcome:
@@ -261,6 +290,7 @@ class ShareBatchPartition:
             "next_offset": self.next_offset,
             "max_event_ts": self.max_event_ts,
             "windows": self.windows.to_state(),
+            "concentration": self.concentration.to_state(),
         })
 
     @classmethod
@@ -271,17 +301,22 @@ class ShareBatchPartition:
             body = decode_checkpoint(raw)
             windows = ShareWindows.from_state(body["windows"])
             next_offset, max_event_ts = int(body["next_offset"]), float(body["max_event_ts"])
+        concentration = AccountConcentration.from_state(
+            None if raw is None else body.get("concentration"))
         return cls(windows=windows, next_offset=next_offset, max_event_ts=max_event_ts,
                    max_pools=settings.max_pools, max_keys=settings.max_series,
-                   max_future_skew_s=settings.max_future_skew_s)
+                   max_future_skew_s=settings.max_future_skew_s, concentration=concentration)
 
     def partial(self, t_eval: float, windows_s: list[float]) -> SharePartial:
         """Window totals at ``t_eval`` per (pool, region), for the snapshot leader to merge."""
         self.windows.expire(t_eval)
+        self.concentration.expire(t_eval)
         rows = self.windows.window_rows(t_eval, windows_s)
         return SharePartial(t_eval=t_eval, max_event_ts=self.max_event_ts,
                             windows={window: [WindowRow._make(row) for row in rows[window]]
-                                     for window in windows_s})
+                                     for window in windows_s},
+                            concentration=[ConcentrationRow._make(row)
+                                           for row in self.concentration.rows(t_eval)])
 
 
 def block_facts_state(facts: BlockFacts) -> dict[str, Any]:

@@ -15,6 +15,12 @@ gap.
 Privacy: the miner's address is reduced to a region code at connection time and worker names
 only ever appear as keyed hashes (HMAC-SHA256 with a secret of this proxy), used here to count
 distinct workers; neither addresses nor names are in any batch.
+
+Clustering: a region's hashrate is a finite number of operators, and how lumpy it is widens the
+regional intervals (``streams.core.network_shares``). Each batch also carries ``accounts`` (the
+distinct mining accounts, the login before its first '.', also keyed hashes here) and
+``account_difficulty_sq_sum``, Σ over accounts of the square of the account's Σd: a sum that
+says how concentrated the work is without saying whose it is.
 """
 
 from __future__ import annotations
@@ -73,6 +79,12 @@ class _Totals:
     difficulty_sq_sum: float = 0.0
     rejected: int = 0
     workers: set[str] = field(default_factory=set)
+    accounts: dict[str, float] = field(default_factory=dict)
+
+
+def account_of(worker: str) -> str:
+    """The mining account of a stratum login: what precedes its first '.' (``acct.rig7``)."""
+    return worker.split(".", 1)[0]
 
 
 class ShareAccountant:
@@ -99,8 +111,10 @@ class ShareAccountant:
             totals = self._totals[key] = _Totals()
         return totals
 
-    def credit(self, region: str, difficulty: float, worker: str, ts: float) -> None:
-        """One share the pool accepted at assigned ``difficulty``; ``worker`` is its hash."""
+    def credit(self, region: str, difficulty: float, worker: str, ts: float,
+               account: str | None = None) -> None:
+        """One share the pool accepted at assigned ``difficulty``; ``worker`` is its hash,
+        ``account`` its account's (default: the worker is its own account)."""
         if not difficulty > 0.0 or not math.isfinite(difficulty):
             raise ValueError(f"difficulty must be finite and positive, got {difficulty}")
         totals = self._slot(region, ts)
@@ -108,6 +122,8 @@ class ShareAccountant:
         totals.difficulty_sum += difficulty
         totals.difficulty_sq_sum += difficulty * difficulty
         totals.workers.add(worker)
+        key = worker if account is None else account
+        totals.accounts[key] = totals.accounts.get(key, 0.0) + difficulty
 
     def reject(self, region: str, ts: float, count: int = 1) -> None:
         """Shares the pool refused: reported, never credited."""
@@ -154,4 +170,6 @@ class ShareAccountant:
             "difficulty_sq_sum": totals.difficulty_sq_sum,
             "rejected": totals.rejected,
             "workers": len(totals.workers),
+            "accounts": len(totals.accounts),
+            "account_difficulty_sq_sum": math.fsum(v * v for v in totals.accounts.values()),
         }

@@ -43,7 +43,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from streams.proxy.accounting import CountryLookup, ShareAccountant, region_of_ip, worker_hash
+from streams.proxy.accounting import (
+    CountryLookup,
+    ShareAccountant,
+    account_of,
+    region_of_ip,
+    worker_hash,
+)
 from streams.proxy.protocol import (
     DEFAULT_MAX_LINE_BYTES,
     LineSplitter,
@@ -242,7 +248,8 @@ class _Session:
         self.close_reason = ""
         self.upstream_writer: asyncio.StreamWriter | None = None
         self.upstream_task: asyncio.Task[None] | None = None
-        self._worker_hashes: dict[str, str] = {}
+        #: worker name → (its hash, its account's hash)
+        self._worker_hashes: dict[str, tuple[str, str]] = {}
 
     # -- miner side --
 
@@ -287,9 +294,11 @@ class _Session:
                 if hashed is None:
                     if len(self._worker_hashes) >= self.relay.max_workers:
                         self._worker_hashes.clear()
-                    hashed = worker_hash(self.proxy.secret, share.worker)
+                    hashed = (worker_hash(self.proxy.secret, share.worker),
+                              worker_hash(self.proxy.secret, account_of(share.worker)))
                     self._worker_hashes[share.worker] = hashed
-                self.proxy.accountant.credit(self.region, share.difficulty, hashed, now)
+                self.proxy.accountant.credit(self.region, share.difficulty, hashed[0], now,
+                                             account=hashed[1])
             if out.rejected:
                 self.proxy.accountant.reject(self.region, now, out.rejected)
             self.proxy.count("shares_credited", len(out.credited))

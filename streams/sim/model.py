@@ -425,6 +425,35 @@ def build_world(scenario: Scenario, seed: int | None = None) -> World:
     )
 
 
+def account_concentration(world: World, offset: float, rates: FloatArray
+                          ) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """HHI of the mining accounts per (sampled pool, sample region) and their number: a farmed
+    leaf's accounts are its farms at that pool (one stratum account per farm); elsewhere every
+    worker is its own account (vardiff classes' worker counts at the pair's hashrate)."""
+    workers = np.maximum(1.0, rates[:, :, None] * world.workers_per_hs[:, None, :])
+    hhi = (np.square(world.class_weight)[:, None, :] / workers).sum(axis=2)
+    accounts = np.ceil(workers.sum(axis=2)).astype(np.int64)
+    farms = world.farms
+    if farms is not None:
+        at = farms.pools_at(offset)
+        for q, row in enumerate(world.sampled_index.tolist()):
+            for leaf in farms.leaves.tolist():
+                sizes = farms.size[(farms.leaf == leaf) & (at == row)]
+                total = float(sizes.sum())
+                hhi[q, leaf] = float(np.square(sizes).sum()) / total**2 if total > 0 else 0.0
+                accounts[q, leaf] = sizes.size
+    return hhi, accounts
+
+
+def account_fields(count: int, dsum: float, dsq: float, hhi: float, accounts: int
+                   ) -> dict[str, Any]:
+    """A batch's optional account fields, as a proxy would report them: the expected
+    Σ_a (Σd)² of shares falling to accounts of concentration ``hhi``, Σd² + HHI·((Σd)² − Σd²)."""
+    return {"accounts": max(1, min(accounts, count)),
+            "account_difficulty_sq_sum": dsq + hhi * (dsum * dsum - dsq)}
+
+
+
 # ---- the simulator ------------------------------------------------------------------------------
 
 
@@ -617,8 +646,8 @@ class Simulator:
 
     # -- shares --
 
-    def _share_events(self, t: float, end: float, rates: FloatArray,
-                      step_index: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _share_events(self, t: float, end: float, rates: FloatArray, step_index: int,
+                      offset: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         world = self.world
         step = end - t
         lam = (rates[:, :, None] * world.class_weight[:, None, :] * step
@@ -634,12 +663,15 @@ class Simulator:
         dsq = counts @ (world.difficulties**2)
         batches = []
         sampled = world.sampled_index
+        hhi, accounts = account_concentration(world, offset, rates)
         for q, r in zip(*np.nonzero(n), strict=True):
             batches.append({
                 "type": "share_batch", "start": t, "end": end,
                 "pool": world.pool_slugs[sampled[q]], "region": world.sample_regions[r],
                 "count": int(n[q, r]), "difficulty_sum": float(dsum[q, r]),
                 "difficulty_sq_sum": float(dsq[q, r]),
+                **account_fields(int(n[q, r]), float(dsum[q, r]), float(dsq[q, r]),
+                                 float(hhi[q, r]), int(accounts[q, r])),
             })
         return singles, batches
 
@@ -764,7 +796,7 @@ class Simulator:
             if self._last_truth_bucket is None or bucket > self._last_truth_bucket:
                 self._last_truth_bucket = bucket
                 truth = self._truth(t, offset, capacity, pool_hs, rates)
-            singles, batches = self._share_events(t, end, rates, k)
+            singles, batches = self._share_events(t, end, rates, k, offset)
             batches = self._release(batches, end)
             history = self._history(float(capacity.sum()), pool_hs) if k == 0 else []
             timed = singles + self._blocks(t, end - t, float(capacity.sum()), pool_hs)

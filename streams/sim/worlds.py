@@ -63,6 +63,8 @@ from streams.sim.model import (
     SECONDS_PER_DAY,
     TARGET_BLOCK_S,
     World,
+    account_concentration,
+    account_fields,
     bits_for_difficulty,
     build_world,
 )
@@ -304,6 +306,9 @@ class FastWorld:
         dsq = counts @ (world.difficulties**2)
         lag = world.feed_lag if world.feed_lag.size else np.zeros(len(self.sampled))
         end_ts = self.start_ts + end_offset
+        hhi, accounts = account_concentration(world, end_offset, rates[-1] if len(rates) else
+                                              np.zeros((len(self.sampled),
+                                                        len(world.sample_regions))))
         out = []
         for k, q, r in zip(*np.nonzero(n), strict=True):
             t = self.start_ts + float(starts[k])
@@ -315,6 +320,8 @@ class FastWorld:
                 "pool": self.sampled_slugs[q], "region": world.sample_regions[r],
                 "count": int(n[k, q, r]), "difficulty_sum": float(dsum[k, q, r]),
                 "difficulty_sq_sum": float(dsq[k, q, r]),
+                **account_fields(int(n[k, q, r]), float(dsum[k, q, r]), float(dsq[k, q, r]),
+                                 float(hhi[q, r]), int(accounts[q, r])),
             }))
         out.sort(key=lambda b: b.emitted)
         return (out, (self.start_ts + starts).astype(np.float64), rates.astype(np.float64),
@@ -477,6 +484,9 @@ def snapshot_records(world: int, check: float, snap: Mapping[str, Any], merged: 
         entry = served.get(code)
         if entry is None and share <= 0:
             continue
+        if entry is None and net.get("unlisted_region_share_max") is not None:
+            out.append(Record(world, check, code, "unlisted_share", None, 0.0,
+                              float(net["unlisted_region_share_max"]), share))
         entry = entry or {}
         sci = entry.get("share_ci95") or [None, None]
         hci = entry.get("hashrate_ci95_hs") or [None, None]
@@ -592,6 +602,8 @@ class WorldsReport:
     sample_hashrates: list[Calibration] = field(default_factory=list)
     block_hashrate: Calibration | None = None
     detection: dict[str, Any] | None = None
+    #: Regional share intervals by size band of the true share (``share_bands``).
+    share_bands: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -625,12 +637,42 @@ def summarise(scenario: Scenario, records: Sequence[Record], worlds: int, seed: 
         pooled[f"{label}_sample_hashrate"] = coverage_of(
             [r.lower for r in rows], [r.upper for r in rows], [r.truth for r in rows])
     blocks = [r for r in records if r.kind == "block_hashrate"]
-    return WorldsReport(scenario=scenario.name, worlds=worlds, seed=seed, checks=list(checks),
+    report = WorldsReport(scenario=scenario.name, worlds=worlds, seed=seed, checks=list(checks),
                         network=network, coverage=calibrate(records, "coverage", NETWORK),
                         shares=shares, hashrates=hashrates, windows=windows, pooled=pooled,
                         sample_hashrates=[calibrate(records, "sample_hashrate", c) for c in codes],
                         block_hashrate=(calibrate(records, "block_hashrate", NETWORK)
                                         if blocks else None))
+    report.share_bands = share_bands(records)
+    return report
+
+
+#: Bands of a region's true network share for ``share_bands`` (lower inclusive).
+SHARE_BANDS = ((0.0, 0.01), (0.01, 0.05), (0.05, 0.15), (0.15, 0.40), (0.01, 0.40))
+
+
+def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Coverage of ``share_ci95`` and its median half-width per band of true share, over
+    countries and subdivisions together: ``coverage`` counts a region the snapshot lacks as a
+    miss, ``served_coverage`` only the regions it serves, ``unlisted_coverage`` counts a missing
+    region as held when its share is within the snapshot's ``unlisted_region_share_max``."""
+    out = []
+    for low, high in SHARE_BANDS:
+        rows = [r for r in records if r.kind == "share" and low <= r.truth < high]
+        served = [(r.lower, r.upper, r.truth) for r in rows
+                  if r.lower is not None and r.upper is not None]
+        held = sum(1 for lower, upper, truth in served if lower <= truth <= upper)
+        unlisted = sum(1 for r in records if r.kind == "unlisted_share" and low <= r.truth < high
+                       and r.upper is not None and r.truth <= r.upper)
+        halves = [(upper - lower) / 2 for lower, upper, _ in served]
+        out.append({
+            "band": [low, high], "n": len(rows), "missing": len(rows) - len(served),
+            "coverage": held / len(rows) if rows else None,
+            "served_coverage": held / len(served) if served else None,
+            "unlisted_coverage": (held + unlisted) / len(rows) if rows else None,
+            "median_half_width": float(np.median(halves)) if halves else None,
+        })
+    return out
 
 
 def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
@@ -822,6 +864,17 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
                  f"(truth: sampled pools' hashrate in the region) countries "
                  f"{_f(pooled.get('countries_sample_hashrate'), '.3f')}, subdivisions "
                  f"{_f(pooled.get('subdivisions_sample_hashrate'), '.3f')}")
+    if report.share_bands:
+        lines.append("  share_ci95 by band of true share: n, missing, cover (missing = miss), "
+                     "cover of served, cover (missing within unlisted max), median ±pp")
+        for band in report.share_bands:
+            low, high = band["band"]
+            half = band["median_half_width"]
+            lines.append(f"    {low * 100:4g}–{high * 100:<4g}% {band['n']:6d} "
+                         f"{band['missing']:6d} {_f(band['coverage'], '6.3f')} "
+                         f"{_f(band['served_coverage'], '6.3f')} "
+                         f"{_f(band['unlisted_coverage'], '6.3f')} "
+                         f"{_f(half and half * 100, '7.3f')}")
     if report.windows:
         lines.append("")
         lines.append("window edges: each sampled pool's windowed hashrate vs its true mean "

@@ -57,6 +57,25 @@ def test_share_state_checkpoint_restores_exactly() -> None:
     assert restored.partial(now, settings.windows_s) == state.partial(now, settings.windows_s)
 
 
+def test_account_concentration_survives_a_checkpoint_and_reaches_the_partial() -> None:
+    settings = Settings()
+    state = ShareBatchPartition.restore(None, settings)
+    body = {"type": "share_batch", "pool": "p", "region": "US", "start": T0, "end": T0 + 10.0,
+            "count": 4, "difficulty_sum": 8.0, "difficulty_sq_sum": 16.0,
+            "accounts": 2, "account_difficulty_sq_sum": 40.0}
+    state.apply(orjson.dumps(body))
+    state.apply(orjson.dumps({**body, "start": T0 + 10.0, "end": T0 + 20.0,
+                              "accounts": None, "account_difficulty_sq_sum": None}))
+    restored = ShareBatchPartition.restore(state.checkpoint(), settings)
+    partial = restored.partial(T0 + 30.0, settings.windows_s)
+    # (A − Q)/(D² − Q) = (40 − 16)/(64 − 16) = 0.5 on 8 of work; 8 more unreported.
+    assert [list(row) for row in partial.concentration] == [["p", "US", 4.0, 8.0, 8.0]]
+    assert partial == state.partial(T0 + 30.0, settings.windows_s)
+    with pytest.raises(InvalidEvent) as error:
+        state.apply(orjson.dumps({**body, "account_difficulty_sq_sum": 70.0}))
+    assert error.value.field == "account_difficulty_sq_sum"
+
+
 def test_junk_is_rejected_with_a_field() -> None:
     state = ShareBatchPartition.restore(None, Settings())
     for raw, field in ((None, "$"), (b"{}", "type"), (b'{"type":"price","ts":1,"btc_usd":2}',

@@ -13,6 +13,7 @@ from streams.contracts import ShareBatchEvent, decode_input
 from streams.proxy.accounting import (
     MAX_ZERO_BACKFILL_INTERVALS,
     ShareAccountant,
+    account_of,
     region_of_ip,
     worker_hash,
 )
@@ -389,6 +390,26 @@ def test_batches_per_interval_and_region_carry_exact_sums() -> None:
     assert [(b["region"], b["start"], b["end"], b["count"]) for b in final] == [
         ("US", 1005.0, 1007.25, 1)]
     assert accountant.flush_all(1008.0) == []
+
+
+def test_batches_report_account_concentration_without_names() -> None:
+    """Two rigs of one account sum as one: A = (2 + 4)² + 8² with a second account's share;
+    a worker without an account of its own is its own account; the contract accepts it."""
+    accountant = ShareAccountant("p", 10.0, started_at=1000.0)
+    accountant.credit("US", 2.0, "h-rig1", 1001.0, account="h-farm")
+    accountant.credit("US", 4.0, "h-rig2", 1002.0, account="h-farm")
+    accountant.credit("US", 8.0, "h-solo", 1003.0, account="h-solo-acct")
+    accountant.credit("DE", 3.0, "h-w", 1004.0)
+    de, us = accountant.flush(1010.0)
+    assert (us["workers"], us["accounts"], us["account_difficulty_sq_sum"]) == (3, 2, 100.0)
+    assert (de["accounts"], de["account_difficulty_sq_sum"]) == (1, 9.0)
+    assert us["difficulty_sq_sum"] <= us["account_difficulty_sq_sum"] <= us["difficulty_sum"] ** 2
+    for batch in (de, us):
+        event = decode_input(batch)
+        assert isinstance(event, ShareBatchEvent)
+        assert event.account_difficulty_sq_sum == batch["account_difficulty_sq_sum"]
+        assert "farm" not in json.dumps(batch) and "rig" not in json.dumps(batch)
+    assert account_of("acct.rig7") == "acct" and account_of("solo") == "solo"
 
 
 def test_late_stamp_joins_the_open_interval_and_zero_batches_are_bounded() -> None:

@@ -178,8 +178,10 @@ def apply_by_contract(state: ShareBatchPartition, raw: bytes | None) -> ShareOut
                                           event.difficulty_sum, event.difficulty_sq_sum)
     except ValueError as exc:
         raise InvalidEvent("end", str(exc)) from None
-    if outcome is ShareOutcome.CREDITED and event.end > state.max_event_ts:
-        state.max_event_ts = event.end
+    if outcome is ShareOutcome.CREDITED:
+        state.max_event_ts = max(state.max_event_ts, event.end)
+        state.concentration.add((pool, region), event.end, event.difficulty_sum,
+                                event.difficulty_sq_sum, event.account_difficulty_sq_sum)
     return outcome
 
 
@@ -249,6 +251,38 @@ def test_a_partition_ends_as_if_every_message_went_through_the_contract(
     assert fast.max_event_ts == reference.max_event_ts
     assert fast.windows.to_state() == reference.windows.to_state()
     assert fast.partial(NOW, limits.windows_s) == reference.partial(NOW, limits.windows_s)
+
+
+@pytest.mark.parametrize(("extra", "valid"), [
+    ({"account_difficulty_sq_sum": 6.0, "accounts": 2, "workers": 3}, True),
+    ({"account_difficulty_sq_sum": None, "accounts": None, "workers": None}, True),
+    ({"account_difficulty_sq_sum": 16.0}, True),
+    ({"account_difficulty_sq_sum": 16}, True),  # an int: the contract's to read
+    ({"account_difficulty_sq_sum": 5.9}, False),  # below Σd²
+    ({"account_difficulty_sq_sum": 16.5}, False),  # above (Σd)²
+    ({"accounts": 4}, False),  # more accounts than shares
+    ({"workers": -1}, False),
+    ({"accounts": 1.0}, False),
+])
+def test_account_fields_are_read_alike_by_both_paths(extra: dict[str, Any], valid: bool) -> None:
+    """The optional account fields: the fast path takes them only when plainly valid, and a
+    partition credits (and tracks concentration) exactly as the contract alone would."""
+    body = {"type": "share_batch", "start": T0, "end": T0 + 5.0, "pool": "p", "region": "US",
+            "count": 3, "difficulty_sum": 4.0, "difficulty_sq_sum": 6.0, **extra}
+    raw = orjson.dumps(body)
+    fast = ShareBatchPartition.restore(None, Settings())
+    fast.region_codes.update(ACCEPTED_CODES)
+    reference = ShareBatchPartition.restore(None, Settings())
+    with mock.patch("time.time", return_value=NOW):
+        expected = _outcome(apply_by_contract, reference, raw)
+        assert _outcome(ShareBatchPartition.apply, fast, raw) == expected
+    assert (expected is ShareOutcome.CREDITED) == valid
+    assert fast.partial(NOW, [300.0]) == reference.partial(NOW, [300.0])
+    if valid and extra.get("account_difficulty_sq_sum") is not None:
+        ((_, _, weighted, reported, unreported),) = fast.concentration.rows(NOW)
+        value = float(extra["account_difficulty_sq_sum"])
+        assert (weighted, reported, unreported) == pytest.approx(
+            (4.0 * (value - 6.0) / (16.0 - 6.0), 4.0, 0.0))
 
 
 def test_the_fast_path_learns_a_region_label_from_the_contract() -> None:

@@ -16,6 +16,7 @@ from streams.core.snapshot import (
     build_snapshot,
     history_points,
     merge_partials,
+    shares_for_detection,
 )
 from streams.models.partials import SharePartial
 from streams.pipeline.state import ChainPartition
@@ -154,3 +155,45 @@ def test_site_utilisation_is_each_power_band_over_the_registrys_mining_capacity(
         assert item["utilisation"] == pytest.approx(
             {k: band[k] / capacity[region] for k in ("lower", "best", "upper")})
     assert _build(_sample())["site_utilisation"] == []
+
+
+def test_share_interval_covers_the_network_and_the_sample_interval_is_kept() -> None:
+    """Two sampled pools with disjoint regions, half the network unsampled: share_ci95 is the
+    network-share interval (wide: the other half could mix like either pool), sampling_ci95 the
+    sample's own (narrow); detection reads the sampling one; reported account concentration
+    narrows the clustering part."""
+    snapshot = _build(_sample())
+    for entry in snapshot["regions"]:
+        s_lo, s_hi = entry["sampling_ci95"]
+        lo, hi = entry["share_ci95"]
+        assert lo < s_lo <= entry["share"] <= s_hi < hi
+        assert hi - lo > 20 * (s_hi - s_lo)
+        parts = entry["share_se_parts"]
+        se = (parts["sampling"] ** 2 + parts["pool_weights"] ** 2 + parts["heterogeneity"] ** 2
+              + parts["clustering"] ** 2) ** 0.5
+        assert hi == pytest.approx(min(1.0, entry["share"] + 1.959963984540054 * se), rel=1e-9)
+        assert lo == pytest.approx(max(0.0, entry["share"] - 1.959963984540054 * se), abs=1e-12)
+    assert snapshot["network"]["unlisted_region_share_max"] == pytest.approx(
+        1 - snapshot["network"]["coverage_ci95"][0])
+    detection = shares_for_detection(snapshot)
+    us = next(r for r in snapshot["regions"] if r["region"] == "US")
+    assert detection["US"][1] == pytest.approx(
+        (us["sampling_ci95"][1] - us["sampling_ci95"][0]) / (2 * 1.959964))
+    fine = _sample()
+    reported = MergedSample(as_of=fine.as_of, max_event_ts=fine.max_event_ts,
+                            windows=fine.windows,
+                            concentration={key: (0.0, 1.0, 0.0) for key in fine.windows[WINDOW]})
+    lumpless = {r["region"]: r for r in _build(reported)["regions"]}
+    assert lumpless["US"]["share_se_parts"]["clustering"] == 0.0
+    assert us["share_se_parts"]["clustering"] > 0.0
+
+
+def test_partials_carry_account_concentration_through_the_merge() -> None:
+    partial = {"t_eval": T_END, "max_event_ts": T_END, "windows": {},
+               "concentration": [["p", "US", 0.5, 1.0, 2.0]]}
+    older_worker = {"t_eval": T_END, "max_event_ts": T_END, "windows": {}}
+    merged = merge_partials([
+        SharePartial.from_json(body) for body in
+        (partial, {**partial, "concentration": [["p", "US", 0.1, 1.0, 0.0]]}, older_worker)])
+    assert merged is not None
+    assert merged.concentration == {("p", "US"): pytest.approx((0.6, 2.0, 2.0))}

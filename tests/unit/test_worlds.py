@@ -265,3 +265,37 @@ def test_two_bucket_batches_land_as_the_numpy_path_places_them() -> None:
         slow.add_many(0, buckets, fractions[:, None] * np.array([values]))
     assert np.array_equal(fast.index, slow.index)
     assert np.array_equal(fast.data, slow.data)
+
+
+def test_farm_batches_report_the_farms_concentration_as_a_proxy_would() -> None:
+    """In farm_clusters a farmed leaf's accounts at a pool are its farms there: the batch's
+    account_difficulty_sq_sum gives back Σsize²/(Σsize)² through the estimator's formula, and
+    every batch passes the contract; the live simulator's batches carry the same fields."""
+    from streams.contracts import ShareBatchEvent, decode_input
+    from streams.core.account_concentration import batch_concentration
+    from streams.sim.model import account_concentration
+
+    scenario = load_scenario(SCENARIOS / "farm_clusters.yaml")
+    world = W.FastWorld(scenario, seed=5, start_ts=W.BASE_START_TS)
+    batches, _, rates, _ = world.batches(3600.0, 60.0)
+    hhi, accounts = account_concentration(world.world, 3600.0, rates[-1])
+    farms = world.world.farms
+    assert farms is not None
+    at = farms.pools_at(3600.0)
+    kz = world.world.sample_regions.index("KZ")
+    row = int(world.world.sampled_index[0])
+    sizes = farms.size[(farms.leaf == world.world.leaves.index("KZ")) & (at == row)]
+    assert hhi[0, kz] == pytest.approx(np.square(sizes).sum() / sizes.sum() ** 2)
+    assert accounts[0, kz] == sizes.size
+    for batch in batches[:200]:
+        event = decode_input(batch.body, now=batch.body["end"])
+        assert isinstance(event, ShareBatchEvent) and event.account_difficulty_sq_sum is not None
+        value = batch_concentration(event.difficulty_sum, event.difficulty_sq_sum,
+                                    event.account_difficulty_sq_sum)
+        q = world.sampled_slugs.index(event.pool)
+        r = world.world.sample_regions.index(event.region)
+        assert value is None or value == pytest.approx(hhi[q, r], rel=1e-6, abs=1e-12)
+    live = Simulator(scenario, start_ts=W.BASE_START_TS)
+    step = next(iter(live.steps(scenario.step_s)))
+    batches_live = [e for e in step.events if e["type"] == "share_batch"]
+    assert batches_live and all("account_difficulty_sq_sum" in b for b in batches_live)
