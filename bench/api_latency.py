@@ -58,6 +58,7 @@ from streams.models.snapshot import (  # noqa: E402  (the path above makes the p
     PoolsSection,
     PowerBand,
     RegionEntry,
+    ShareSeParts,
 )
 from streams.rediskeys import RedisKeys  # noqa: E402
 
@@ -102,6 +103,9 @@ def realistic_snapshot(published_at: float) -> EstimateSnapshot:
         subs = [sub for sub, _, _ in SUBDIVISIONS if sub.startswith(code + "-")]
         return RegionEntry(
             region=code, name=name, share=share, share_ci95=(share * 0.96, share * 1.04),
+            sampling_ci95=(share * 0.999, share * 1.001),
+            share_se_parts=ShareSeParts(sampling=share * 0.0005, pool_weights=0.0,
+                                        heterogeneity=share * 0.016, clustering=share * 0.009),
             hashrate_hs=hashrate, hashrate_ci95_hs=(hashrate * 0.95, hashrate * 1.05),
             sample_hashrate_hs=hashrate * 0.41,
             sample_hashrate_ci95_hs=(hashrate * 0.41 * 0.98, hashrate * 0.41 * 1.02),
@@ -113,6 +117,7 @@ def realistic_snapshot(published_at: float) -> EstimateSnapshot:
     network = NetworkEntry(
         hashrate_hs=NETWORK_HS, hashrate_ci95_hs=(1.92e20, 2.08e20), source="fused",
         sources=["shares", "blocks"], coverage=0.41, coverage_ci95=(0.39, 0.43),
+        unlisted_region_share_max=0.61,
         sample_hashrate_hs=NETWORK_HS * 0.41, power_w=band(1.0e10),
         annualized_twh=band(87.7), hashprice_usd_ph_day=205.3,
         block_hashrate_hs=1.98e20, block_hashrate_ci95_hs=(1.82e20, 2.16e20), blocks_seen=144,

@@ -18,6 +18,7 @@ from streams.models.snapshot import (
     PoolsSection,
     PowerBand,
     RegionEntry,
+    ShareSeParts,
 )
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
@@ -36,6 +37,9 @@ def region_entry(code: str, name: str, share: float, subdivisions: list[str] | N
     hashrate = 7.5e20 * share
     return RegionEntry(
         region=code, name=name, share=share, share_ci95=(share * 0.97, share * 1.03),
+        sampling_ci95=(share * 0.999, share * 1.001),
+        share_se_parts=ShareSeParts(sampling=share * 0.0005, pool_weights=0.0,
+                                    heterogeneity=share * 0.012, clustering=share * 0.007),
         hashrate_hs=hashrate, hashrate_ci95_hs=(hashrate * 0.96, hashrate * 1.04),
         sample_hashrate_hs=hashrate * 0.41,
         sample_hashrate_ci95_hs=(hashrate * 0.41 * 0.99, hashrate * 0.41 * 1.01),
@@ -56,7 +60,7 @@ def make_snapshot(published_at: float, *, as_of: float = AS_OF) -> EstimateSnaps
     network = NetworkEntry(
         hashrate_hs=7.5e20, hashrate_ci95_hs=(7.2e20, 7.8e20), source="fused",
         sources=["shares", "coverage", "blocks"], coverage=0.41, coverage_ci95=(0.37, 0.45),
-        sample_hashrate_hs=3.1e20,
+        unlisted_region_share_max=0.63, sample_hashrate_hs=3.1e20,
         power_w=PowerBand(lower=1.2e10, best=1.9e10, upper=3.1e10),
         annualized_twh=PowerBand(lower=105.2, best=166.6, upper=271.7),
         hashprice_usd_ph_day=52.1, profitability_threshold_j_gh=0.041,

@@ -113,6 +113,9 @@ def _region_entry(code: str, share: float, day: Day) -> dict[str, Any]:
     return {
         "region": code, "name": name, "share": share,
         "share_ci95": [max(0.0, share - half_width), share + half_width],
+        "sampling_ci95": [max(0.0, share - half_width), share + half_width],
+        "share_se_parts": {"sampling": half_width / 1.96, "pool_weights": 0.0,
+                           "heterogeneity": 0.0, "clustering": 0.0},
         "hashrate_hs": share * day.hashrate_hs,
         "hashrate_ci95_hs": [(share - half_width) * day.hashrate_hs,
                              (share + half_width) * day.hashrate_hs],
@@ -134,6 +137,7 @@ def build_snapshot(day: Day, now: float) -> dict[str, Any]:
             "sample_hashrate_hs": 0.41 * day.hashrate_hs, "power_w": day.power_w,
             "annualized_twh": _twh(day.power_w),
             "hashprice_usd_ph_day": day.hashprice_usd_ph_day, "coverage_ci95": None,
+            "unlisted_region_share_max": 1.0,
             "profitability_threshold_j_gh": None, "block_hashrate_hs": None,
             "block_hashrate_ci95_hs": None, "blocks_seen": 0, "tip_height": None,
             "implausible_pools": {},
