@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from streams.core.pools import ALERT_TYPE as POOL_ALERT_TYPE
 from streams.core.pools import PoolMemory, pool_history_points
-from streams.core.shifts import ShiftDetector
+from streams.core.shifts import ShiftDetector, shift_params
 from streams.core.snapshot import (
     EstimationConfig,
     SnapshotMemory,
@@ -55,7 +55,7 @@ class SnapshotPublisher:
         self.send = send
         self.keys = RedisKeys(settings.redis_prefix)
         self.memory = SnapshotMemory()
-        self.detector = ShiftDetector()
+        self.detector = ShiftDetector(shift_params(settings.shift_min_subdivision_share))
         self.last_step: float | None = None
         self._loaded = False
         self.webhook = (

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     leader_outbox_capacity: int = Field(default=10_000, ge=1)
     stale_after_s: float = Field(default=30.0, gt=0.0)
     history_step_s: float = Field(default=60.0, gt=0.0)
+    #: Subdivisions (US-TX, ...) get regional_shift alerts once they hold this share of the
+    #: network (countries from 1 %); below it they are tracked but never alert.
+    shift_min_subdivision_share: float = Field(default=0.02, ge=0.0, le=1.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
     compact_interval_s: float = Field(default=1.0, gt=0.0)
     max_message_bytes: int = Field(default=1_000_000, gt=0)

@@ -396,9 +396,10 @@ def history_points(snapshot: Mapping[str, Any], t: float) -> dict[str, dict[str,
 
 
 def shares_for_detection(snapshot: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """Country shares with their standard errors (from the 95 % interval), for shift detection."""
+    """Country and subdivision shares with their standard errors (from the 95 % interval), for
+    shift detection (which alerts on a subdivision only above its minimum share)."""
     return {
         entry["region"]: (entry["share"],
                           (entry["share_ci95"][1] - entry["share_ci95"][0]) / (2 * 1.959964))
-        for entry in snapshot["regions"]
+        for entry in [*snapshot["regions"], *snapshot.get("subdivisions", [])]
     }

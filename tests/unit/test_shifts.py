@@ -28,7 +28,7 @@ from streams.core.shifts import ShiftDetector, ShiftParams
 
 CONTRACT_FIELDS = {
     "type", "id", "region", "direction", "detected_at", "started_at", "share_before",
-    "share_after", "magnitude_pp", "relative_change", "score", "state",
+    "share_after", "magnitude_pp", "relative_change", "score", "state", "test", "mirrors",
 }  # fmt: skip
 SHOCK_MIN = 6 * 60  # the shock comes after six quiet hours
 
