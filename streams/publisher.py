@@ -66,7 +66,11 @@ class SnapshotPublisher:
         )
 
     def _restore(self, body: dict[str, Any]) -> None:
-        self.detector = ShiftDetector.from_state(body["detector"])
+        try:
+            self.detector = ShiftDetector.from_state(body["detector"])
+        except (ValueError, KeyError, TypeError) as exc:  # e.g. a state of an older version
+            log.warning("shift detector state unusable (%s): detection starts cold", exc)
+            self.detector = ShiftDetector(shift_params(self.settings.shift_min_subdivision_share))
         self.last_step = body.get("last_step")
         self.memory = SnapshotMemory(body.get("threshold_j_gh"), body.get("threshold_at"))
 
