@@ -11,10 +11,12 @@ country, and every subdivision once it holds ``min_subdivision_share`` — is te
   history to catch a drop in its first hour. The baseline moves by at most k·σ per update, and
   only by 1/n while young, so neither a drop nor a ramp can drag it along before the CUSUM fires.
 * V, the measured noise, comes from differences at a lag (½ (s_t − s_{t−noise_lag_s})², each
-  capped at k²σ², EWMA with half-life 24 h): a trend adds only (slope · lag)² to it, where the
-  residuals around a lagging baseline grew with the trend itself and masked it (the old V: a
-  10-point decline over 12 h was caught in 17 of 200 runs, over 3 days in 1 of 200). V is not fed
-  while an alert fires or while the lag reaches back into one.
+  capped at k² times the prior, EWMA with half-life 24 h; the prior counts as
+  noise_prior_updates updates, so a cold start leans on it for hours): a trend adds only
+  (slope · lag)² to it, where the residuals around a lagging baseline grew with the trend itself
+  and masked it (the old V: a 10-point decline over 12 h was caught in 17 of 200 runs, over 3
+  days in 1 of 200). V is fed only while no evidence builds up (both CUSUMs at 0), never while an
+  alert fires or while the lag reaches back into one.
 * Trend test (slow migrations): the mean of the last ``trend_recent_buckets`` hourly means
   against a reference built only from hours older than ``trend_buckets`` hours (EWMA, half-life
   3.5 days: "the last week"), standardised by max(floor², V); it fires past ``trend_z`` once the
@@ -91,6 +93,7 @@ class ShiftParams:
     level_half_life_s: float = 600.0
     noise_half_life_s: float = 24 * 3600.0
     noise_lag_s: float = 3600.0
+    noise_prior_updates: float = 360.0
     min_interval_s: float = 50.0
     trend_bucket_s: float = 3600.0
     trend_recent_buckets: int = 6
@@ -319,7 +322,7 @@ class ShiftEngine:
         adapt = quiet & ~(up | down)
         capped = np.clip(move, -p.k * sigma, p.k * sigma)
         self.baseline[adapt] += (alpha * capped)[adapt]
-        self._update_noise(t, dt, share, sigma, adapt)
+        self._update_noise(t, dt, share, prior, adapt)
         resolved, recovered = self._resolve(t, dt, share, sigma)
         self._start_alerts(t, share, (fire_up, fire_down), (trend_up, trend_down), trend_score)
         resolved_idx = np.flatnonzero(resolved)
@@ -428,20 +431,23 @@ class ShiftEngine:
         z = np.where(ready, self.mirror_adjusted(firing, now, before) / sigma, 0.0)
         return candidates & (z > p.trend_z), candidates & (z < -p.trend_z), np.abs(z)
 
-    def _update_noise(self, t: float, dt: float, share: FloatArray, sigma: FloatArray,
+    def _update_noise(self, t: float, dt: float, share: FloatArray, prior: FloatArray,
                       adapt: BoolArray) -> None:
-        """V from ½ (s_t − s_{t−lag})², capped at k²σ², over calm spans only."""
+        """V from ½ (s_t − s_{t−lag})², each capped at k² times the prior, fed only while no
+        evidence of a shift builds up (both CUSUMs at 0) and no episode lies within the lag;
+        the prior counts as noise_prior_updates updates, so a cold start trusts it for hours."""
         p = self.params
         old = np.flatnonzero(self.lag_t <= t - p.noise_lag_s)
         if old.size:
             slot = int(old[np.argmax(self.lag_t[old])])
             lagged = self.lag_share[slot]
-            use = adapt & np.isfinite(lagged) & (self.calm_since <= self.lag_t[slot])
+            use = (adapt & np.isfinite(lagged) & (self.calm_since <= self.lag_t[slot])
+                   & (self.s_pos == 0.0) & (self.s_neg == 0.0))
             half_sq = 0.5 * np.minimum(np.square(share - np.nan_to_num(lagged)),
-                                       2.0 * np.square(p.k * sigma))
+                                       2.0 * p.k**2 * prior)
             self.n_lag[use] += 1.0
             alpha = np.maximum(1.0 - 2.0 ** (-dt / p.noise_half_life_s),
-                               1.0 / np.maximum(self.n_lag, 1.0))
+                               1.0 / (self.n_lag + p.noise_prior_updates))
             self.resid_var[use] += (alpha * (half_sq - self.resid_var))[use]
         known = np.isfinite(self.lag_t)
         if not known.any() or t - float(np.max(self.lag_t[known])) >= p.noise_lag_s / LAG_SLOTS:
