@@ -24,13 +24,15 @@ country, and every subdivision once it holds ``min_subdivision_share`` — is te
   cannot inflate its own yardstick.
 
 Shares sum to one: when one region loses hashrate every other region's share rises although
-nothing happened there. Each test therefore compares a series with what its baseline becomes
-when the regions that fire (or are about to, this update) are taken as they are now:
-expected_j = b_j · (1 − Σ s_F) / (1 − Σ b_F), over the firing regions F that do not overlap j
-(a country and its subdivisions overlap). A region that moved only through another's shift
-does not fire; it is listed on the source alert (``mirrors``). When an alert resolves at a new
-level, the other baselines are rescaled by the same rule, and when a trend fires the part of its
-move the other baselines already took in is taken out.
+nothing happened there. Each test therefore measures a series' move against the rest of its
+map once other regions fire (or are about to, this update): expected_j = b_j · ρ, ρ the ratio
+now/before of the map's countries other than the firing ones and j's own country (a country
+and its subdivisions overlap). A region that moved only through another's shift moves with the
+rest and does not fire; a region whose unadjusted share crossed the threshold anyway is listed
+on the source alert (``mirrors``). Two regions trading hashrate both fire (the rest stays put).
+When an alert resolves at a new level, the other baselines are rescaled by
+(1 − Σ new) / (1 − Σ old), and when a trend fires the part of its move the other baselines
+already took in is taken out.
 
 Calibration (bench/shift_detection.py, numbers in BENCHMARKS.md): inputs are shares over a
 300 s sliding window published every 60 s, so successive residuals overlap, and real noise
