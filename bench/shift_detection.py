@@ -60,7 +60,7 @@ class World:
     """How the simulated sample behaves: share rate, real noise, window."""
 
     rate_per_s: float = 20.0
-    noise_scale: float = 0.022
+    noise_scale: float = ShiftParams().noise_scale
     noise_tau_min: float = 30.0
     window_min: int = 5
 
@@ -121,8 +121,11 @@ def simulate_shares(
     world: World,
     rng: np.random.Generator,
     chunk_min: int = DAY_MIN,
+    aggregates: Sequence[Sequence[int]] = (),
 ) -> Iterator[tuple[FloatArray, FloatArray, FloatArray]]:
-    """Yield (t_s (T,), share (T, B, R), se (T, B, R)) chunk by chunk over `minutes` minutes.
+    """Yield (t_s (T,), share (T, B, R + A), se (T, B, R + A)) chunk by chunk over `minutes`
+    minutes; the A extra series sum the regions each aggregate lists (a country made of
+    subdivisions).
 
     The first window_min − 1 minutes only fill the window and are not yielded.
     """
@@ -151,6 +154,9 @@ def simulate_shares(
         first_minute = chunk_start + n - in_window.shape[0]
         t = (np.arange(in_window.shape[0]) + first_minute) * MINUTE_S
         total = in_window.sum(axis=2, keepdims=True)
+        if aggregates:
+            summed = [in_window[:, :, list(members)].sum(axis=2) for members in aggregates]
+            in_window = np.concatenate([in_window, np.stack(summed, axis=2)], axis=2)
         share = in_window / total
         var = (np.square(1.0 - share) * in_window + np.square(share) * (total - in_window)) / (
             total * total
@@ -173,9 +179,16 @@ class Events:
 
 
 def run_engine(
-    params: ShiftParams, chunks: Iterable[tuple[FloatArray, FloatArray, FloatArray]]
+    params: ShiftParams,
+    chunks: Iterable[tuple[FloatArray, FloatArray, FloatArray]],
+    parent: Sequence[int] | None = None,
 ) -> Events:
-    """Run the detection rule over every (replicate, region) series of the simulated chunks."""
+    """Run the detection rule over every (replicate, region) series of the simulated chunks.
+
+    With `parent` (per region of one map: the index of the country a subdivision lies in, or
+    −1), each replicate is one map whose regions mirror each other (shares sum to one);
+    without, every series stands alone.
+    """
     engine: ShiftEngine | None = None
     fires: list[tuple[float, int, float, float]] = []
     resolves: list[tuple[float, int, bool]] = []
@@ -184,6 +197,8 @@ def run_engine(
         flat_se = se.reshape(se.shape[0], -1)
         if engine is None:
             engine = ShiftEngine(flat_share.shape[1], params)
+            if parent is not None:
+                engine.set_structure(*map_structure(parent, share.shape[1]))
         for i, t in enumerate(t_chunk.tolist()):
             events = engine.step(t, flat_share[i], flat_se[i])
             for j in events.fired.tolist():
@@ -206,6 +221,18 @@ def run_engine(
         resolve_recovered=resolve_arr[:, 2].astype(bool),
         active_at_end=engine.direction != 0.0,
     )
+
+
+def map_structure(
+    parent: Sequence[int], replicates: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Group, parent and subdivision flag of every flattened (replicate, region) series."""
+    regions = len(parent)
+    local = np.asarray(parent, dtype=np.int64)
+    offsets = np.repeat(np.arange(replicates) * regions, regions)
+    tiled = np.tile(local, replicates)
+    return (np.repeat(np.arange(replicates), regions), np.where(tiled >= 0, tiled + offsets, -1),
+            tiled >= 0)
 
 
 # ---- scenarios -------------------------------------------------------------------------------

@@ -287,6 +287,9 @@ class RegionalShiftAlert(BaseModel):
     id: str
     region: str
     direction: Literal["up", "down"]
+    #: Which test fired: "step" (CUSUM against the slow baseline) or "trend" (the last hours
+    #: against the reference of hours older than a day: slow migrations).
+    test: Literal["step", "trend"] = "step"
     detected_at: float
     started_at: float
     share_before: float
@@ -294,6 +297,9 @@ class RegionalShiftAlert(BaseModel):
     magnitude_pp: float
     relative_change: float
     score: float
+    #: Regions whose share moved past the threshold only because this region's share moved
+    #: (shares sum to one): reported here instead of as alerts of their own.
+    mirrors: list[str] = []
     state: Literal["firing", "resolved"]
 
 

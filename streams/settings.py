@@ -111,6 +111,9 @@ class PipelineSettings(BaseModel):
     #: (beyond, the oldest is dropped and counted); estimates keep only the newest.
     leader_outbox_capacity: int = Field(default=10_000, ge=1)
     history_step_s: float = Field(default=60.0, gt=0.0)
+    #: Subdivisions (US-TX, ...) get regional_shift alerts once they hold this share of the
+    #: network (countries from 1 %); below it they are tracked but never alert.
+    shift_min_subdivision_share: float = Field(default=0.02, ge=0.0, le=1.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
     compact_interval_s: float = Field(default=1.0, gt=0.0)
     alert_webhook_url: str | None = None

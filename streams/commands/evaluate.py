@@ -37,6 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--detect-worlds", type=int, default=0, metavar="K",
                         help="offline mode: also run K worlds end to end with a snapshot every "
                         "history step into the shift detector (delay, misses, false alarms)")
+    parser.add_argument("--track-hours", type=float, default=12.0, metavar="H",
+                        help="offline mode: longest span a detection world tracks (default 12)")
+    parser.add_argument("--lead-hours", type=float, default=2.0, metavar="H",
+                        help="offline mode: the detector starts H hours before the first shock "
+                        "(default 2)")
     parser.add_argument("--partitions", type=int, default=2, metavar="P",
                         help="offline mode: share partitions the pools are spread over")
     source = parser.add_mutually_exclusive_group()
@@ -136,7 +141,9 @@ def run_worlds(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     report = worlds.evaluate_worlds(scenario, count, seed=args.seed, settings=get_settings(),
                                     partitions=args.partitions,
-                                    detect_worlds=args.detect_worlds)
+                                    detect_worlds=args.detect_worlds,
+                                    max_track_s=args.track_hours * 3600.0,
+                                    lead_s=args.lead_hours * 3600.0)
     body = json.dumps(worlds.worlds_report_json(report), indent=2)
     if args.json == Path("-"):
         print(body)

@@ -433,13 +433,14 @@ def history_points(snapshot: Mapping[str, Any], t: float) -> dict[str, dict[str,
 
 
 def shares_for_detection(snapshot: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """Country shares with their sampling standard errors (from ``sampling_ci95``), for shift
-    detection: heterogeneity and clustering are persistent offsets, not moves over time."""
+    """Country and subdivision shares with their sampling standard errors (from
+    ``sampling_ci95``), for shift detection (which alerts on a subdivision only above its minimum
+    share): heterogeneity and clustering are persistent offsets, not moves over time."""
     def interval(entry: Mapping[str, Any]) -> Sequence[float]:
         return entry.get("sampling_ci95") or entry["share_ci95"]
 
     return {
         entry["region"]: (entry["share"],
                           (interval(entry)[1] - interval(entry)[0]) / (2 * 1.959964))
-        for entry in snapshot["regions"]
+        for entry in [*snapshot["regions"], *snapshot.get("subdivisions", [])]
     }

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from streams.core.pools import ALERT_TYPE as POOL_ALERT_TYPE
 from streams.core.pools import PoolMemory, pool_history_points
-from streams.core.shifts import ShiftDetector
+from streams.core.shifts import ShiftDetector, shift_params
 from streams.core.snapshot import (
     EstimationConfig,
     MergedSample,
@@ -60,7 +60,7 @@ class SnapshotPublisher:
         self.send = send
         self.keys = RedisKeys(settings.redis_prefix)
         self.memory = SnapshotMemory()
-        self.detector = ShiftDetector()
+        self.detector = ShiftDetector(shift_params(settings.shift_min_subdivision_share))
         self.last_step: float | None = None
         self._loaded = False
         self.webhook = (
@@ -71,7 +71,11 @@ class SnapshotPublisher:
         )
 
     def _restore(self, body: dict[str, Any]) -> None:
-        self.detector = ShiftDetector.from_state(body["detector"])
+        try:
+            self.detector = ShiftDetector.from_state(body["detector"])
+        except (ValueError, KeyError, TypeError) as exc:  # e.g. a state of an older version
+            log.warning("shift detector state unusable (%s): detection starts cold", exc)
+            self.detector = ShiftDetector(shift_params(self.settings.shift_min_subdivision_share))
         self.last_step = body.get("last_step")
         self.memory = SnapshotMemory(body.get("threshold_j_gh"), body.get("threshold_at"))
 

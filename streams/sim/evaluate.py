@@ -14,7 +14,9 @@ What is measured
 * History points carry no intervals. Interval coverage is computed only from full snapshots
   (``estimates`` topic): how often the 95 % interval held the truth.
 * Shocks: the true change each scripted shock made to every country's share between its onset
-  and full effect (and over its recovery). A change of at least ``min_change_pp`` is a shift an
+  and full effect (and over its recovery), and to the shocked subdivision's own share (the
+  detector tracks subdivisions too; an alert on another subdivision of the country does not
+  match it). A change of at least ``min_change_pp`` is a shift an
   alert may rightly report: for the shocked country it is *expected* (detected, with the delay
   from onset, or missed), for other countries it is *secondary* (their share really moved, an
   alert is right but none is required). A shock whose own country moves less than that is
@@ -329,9 +331,12 @@ def expected_shifts(truth: Truth, min_change_pp: float = DEFAULT_MIN_CHANGE_PP,
         phases = [("onset", shock["onset"], shock["full_effect"])]
         if shock.get("recovery_start") is not None:
             phases.append(("recovery", shock["recovery_start"], shock["recovery_end"]))
+        # A subdivision's shock is also expected on the subdivision itself (#14: tracked too).
+        own = [shock["region"]] if shock.get("region") and "-" in shock["region"] \
+            and shock["region"] in truth.shares else []
         for phase, begin, finish in phases:
             times = np.array([begin - 1e-6, max(finish, begin)])
-            for country in truth.countries:
+            for country in [*truth.countries, *own]:
                 before, after = truth.share_at(country, times)
                 change = (after - before) * 100.0
                 if abs(change) >= min_change_pp:
@@ -339,7 +344,7 @@ def expected_shifts(truth: Truth, min_change_pp: float = DEFAULT_MIN_CHANGE_PP,
                         shock=shock["name"], phase=phase, country=country,
                         direction="up" if change > 0 else "down", start=float(begin),
                         end=float(finish) + tolerance_s, change_pp=float(change),
-                        primary=phase == "onset" and country == shock["country"],
+                        primary=phase == "onset" and country in (shock["country"], *own),
                     ))
     return out
 
@@ -433,7 +438,10 @@ class AlertScore:
 
 
 def _matches(alert: AlertRecord, shift: ExpectedShift) -> bool:
-    return (alert.country == shift.country and alert.direction == shift.direction
+    """Same code (a shift of a subdivision: the subdivision itself; of a country: the country
+    or any of its subdivisions), direction and time window."""
+    code = alert.region if "-" in shift.country else alert.country
+    return (code == shift.country and alert.direction == shift.direction
             and shift.start <= alert.detected_at <= shift.end)
 
 

@@ -45,7 +45,7 @@ from streams.core.blocks import (
     work_from_bits,
 )
 from streams.core.regions import country_of
-from streams.core.shifts import ShiftDetector
+from streams.core.shifts import ShiftDetector, shift_params
 from streams.core.snapshot import (
     EstimationConfig,
     MergedSample,
@@ -76,6 +76,9 @@ FloatArray = npt.NDArray[np.float64]
 BASE_START_TS = 1_641_000_000.0
 WORLD_SPACING_S = 100_000.0
 DEFAULT_CHECKS = 4
+#: Longest span a detection run tracks (a snapshot per history step is costly).
+MAX_TRACK_S = 12 * 3600.0
+TRACK_MARGIN_S = 2 * 3600.0
 NETWORK = "network"
 
 
@@ -677,7 +680,9 @@ def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
 
 def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
                     settings: Settings | None = None, checks: Sequence[float] | None = None,
-                    partitions: int = 2, detect_worlds: int = 0) -> WorldsReport:
+                    partitions: int = 2, detect_worlds: int = 0,
+                    max_track_s: float = MAX_TRACK_S,
+                    lead_s: float = TRACK_MARGIN_S) -> WorldsReport:
     """Run ``worlds`` seeds of ``scenario`` and summarise the calibration."""
     import time
 
@@ -692,7 +697,8 @@ def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
     report = summarise(scenario, records, worlds, seed, offsets)
     if detect_worlds:
         report.detection = detection_over_worlds(scenario, detect_worlds, seed, settings, config,
-                                                 partitions=partitions)
+                                                 partitions=partitions,
+                                                 max_track_s=max_track_s, lead_s=lead_s)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -700,29 +706,28 @@ def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
 # ---- shift detection over a tracked run -------------------------------------------------------
 
 
-#: Longest span a detection run tracks (a snapshot per history step is costly).
-MAX_TRACK_S = 12 * 3600.0
-TRACK_MARGIN_S = 2 * 3600.0
 
 
-def track_span(scenario: Scenario) -> tuple[float, float]:
-    """Offsets a detection run tracks: the shocks' onsets to full effect (and recovery) with
-    ``TRACK_MARGIN_S`` either side, at most ``MAX_TRACK_S``; without shocks the last
-    ``MAX_TRACK_S`` / 2 of the scenario (false alarms)."""
+def track_span(scenario: Scenario, max_track_s: float = MAX_TRACK_S,
+               lead_s: float = TRACK_MARGIN_S) -> tuple[float, float]:
+    """Offsets a detection run tracks: the shocks' onsets to full effect (and recovery), from
+    ``lead_s`` before (the detector's cold start) to ``TRACK_MARGIN_S`` after, at most
+    ``max_track_s``; without shocks the last ``max_track_s`` / 2 of the scenario."""
     duration = scenario.duration
     if not scenario.shocks:
-        return max(0.0, duration - MAX_TRACK_S / 2), duration
+        return max(0.0, duration - max_track_s / 2), duration
     begin = min(s.at for s in scenario.shocks)
     end = max(s.at + s.fall_s + (s.hold or 0.0) + (s.recovery_s or 0.0)
               for s in scenario.shocks)
-    first = max(0.0, begin - TRACK_MARGIN_S)
-    last = min(duration, end + TRACK_MARGIN_S, first + MAX_TRACK_S)
+    first = max(0.0, begin - lead_s)
+    last = min(duration, end + TRACK_MARGIN_S, first + max_track_s)
     return first, last
 
 
 def track_world(scenario: Scenario, index: int, seed: int, settings: Settings,
                 config: EstimationConfig, *, partitions: int = 2,
-                batch_s: float = 60.0) -> dict[str, Any]:
+                batch_s: float = 60.0, max_track_s: float = MAX_TRACK_S,
+                lead_s: float = TRACK_MARGIN_S) -> dict[str, Any]:
     """One world run from start to end with a snapshot every history step into the
     ``ShiftDetector``, as the leader does; share batches of ``batch_s`` (coarser than the
     scenario's step, to keep the run short). Returns the alerts and the truth series."""
@@ -732,10 +737,10 @@ def track_world(scenario: Scenario, index: int, seed: int, settings: Settings,
     start_ts = BASE_START_TS + index * WORLD_SPACING_S + float(rng.random()) * batch_s
     coarse = scenario.model_copy(update={"step_s": batch_s})
     world = FastWorld(coarse, seed=seed * 100_003 + index, start_ts=start_ts)
-    first, last = track_span(scenario)
+    first, last = track_span(scenario, max_track_s, lead_s)
     blocks = world.blocks(last)
     pipeline = OfflinePipeline(settings, config, partitions)
-    detector = ShiftDetector()
+    detector = ShiftDetector(shift_params(settings.shift_min_subdivision_share))
     step = settings.history_step_s
     position = 0
     alerts: list[dict[str, Any]] = []
@@ -781,16 +786,26 @@ def track_world(scenario: Scenario, index: int, seed: int, settings: Settings,
 
 
 def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: Settings,
-                          config: EstimationConfig, *, partitions: int = 2) -> dict[str, Any]:
-    """Detection delay, misses and false alarms of the ShiftDetector over tracked worlds."""
+                          config: EstimationConfig, *, partitions: int = 2,
+                          max_track_s: float = MAX_TRACK_S,
+                          lead_s: float = TRACK_MARGIN_S) -> dict[str, Any]:
+    """Detection delay, misses and false alarms of the ShiftDetector over tracked worlds; per
+    shock also the delays on the shocked region itself (``by_region``: subdivisions too)."""
     from streams.sim import evaluate as ev
 
     delays: dict[str, list[float]] = {}
     status: dict[str, dict[str, int]] = {}
+    by_region: dict[str, dict[str, list[float | None]]] = {}
     false_alarms = 0
     weeks = 0.0
     for index in range(worlds):
-        run = track_world(scenario, index, seed, settings, config, partitions=partitions)
+        run = track_world(scenario, index, seed, settings, config, partitions=partitions,
+                          max_track_s=max_track_s, lead_s=lead_s)
+        for shock in run["truth"].shocks:
+            entry = by_region.setdefault(shock["name"], {"onset": [], "recovery": []})
+            onset, recovery = region_delays(shock, run["alerts"])
+            entry["onset"].append(onset)
+            entry["recovery"].append(recovery)
         report = ev.evaluate(run["truth"], run["history"], run["alerts"])
         for shock in report.alerts.shocks:
             status.setdefault(shock.shock, {})
@@ -805,10 +820,41 @@ def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: 
                           "median_delay_min": (float(np.median(delays[name])) / 60.0
                                                if delays.get(name) else None)}
                    for name, counts in status.items()},
+        "by_region": {name: {phase: {"runs": len(values),
+                                     "caught": sum(v is not None for v in values),
+                                     "delays_min": [None if v is None else v / 60.0
+                                                    for v in values]}
+                             for phase, values in entry.items()}
+                      for name, entry in by_region.items()},
         "false_alarms": false_alarms,
         "false_alarms_per_week": false_alarms / weeks if weeks > 0 else None,
         "evaluated_weeks": weeks,
     }
+
+
+def region_delays(shock: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]]
+                  ) -> tuple[float | None, float | None]:
+    """Seconds from a shock's onset to the first alert on its own region (country or
+    subdivision) in its direction, and from its recovery's start to the first sign of it (that
+    alert resolving "recovered", or an alert the other way); None when none came."""
+    region, direction = shock.get("region"), shock.get("direction")
+    if region is None or direction not in ("up", "down"):
+        return None, None
+    onset = float(shock["onset"])
+    fired = [a for a in alerts if a["region"] == region and a["state"] == "firing"
+             and a["direction"] == direction and a["detected_at"] >= onset]
+    first = min((a["detected_at"] for a in fired), default=None)
+    back = shock.get("recovery_start")
+    if back is None:
+        return (None if first is None else first - onset), None
+    signs = [a["resolved_at"] for a in alerts if a["region"] == region
+             and a["state"] == "resolved" and a.get("resolution") == "recovered"
+             and a["resolved_at"] >= back]
+    signs += [a["detected_at"] for a in alerts if a["region"] == region
+              and a["state"] == "firing" and a["direction"] != direction
+              and a["detected_at"] >= back]
+    return (None if first is None else first - onset), (
+        min(signs) - back if signs else None)
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -891,6 +937,12 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
         for name, entry in d["shocks"].items():
             lines.append(f"  {name:28s} {entry['status']} median delay "
                          f"{_f(entry['median_delay_min'], '.0f')} min")
+        for name, phases in d.get("by_region", {}).items():
+            for phase, row in phases.items():
+                found = sorted(v for v in row["delays_min"] if v is not None)
+                median = found[len(found) // 2] if found else None
+                lines.append(f"  {name:28s} own region, {phase}: caught {row['caught']} of "
+                             f"{row['runs']}, median delay {_f(median, '.0f')} min")
     lines.extend(report.notes)
     return "\n".join(lines)
 

@@ -24,11 +24,11 @@ from bench.shift_detection import (
     ramp_shock,
     simulate_shares,
 )
-from streams.core.shifts import ShiftDetector, ShiftParams
+from streams.core.shifts import ShiftDetector, ShiftEngine, ShiftParams
 
 CONTRACT_FIELDS = {
     "type", "id", "region", "direction", "detected_at", "started_at", "share_before",
-    "share_after", "magnitude_pp", "relative_change", "score", "state",
+    "share_after", "magnitude_pp", "relative_change", "score", "state", "test", "mirrors",
 }  # fmt: skip
 SHOCK_MIN = 6 * 60  # the shock comes after six quiet hours
 
@@ -291,3 +291,140 @@ def test_kazakhstan_shutdown_2022_is_detected_and_resolves() -> None:
     assert result.missed == 0
     assert result.delay_min_max is not None and result.delay_min_max <= 60.0  # within the hour
     assert result.resolved == result.replicates
+
+
+# ---- issue #14: cold start, mirrors, subdivisions, slow moves --------------------------------
+
+JAN_2022_MAP = {region: share / 100.0 for region, share in JAN_2022.items()}
+
+
+def rescaled(shares: dict[str, float], region: str, value: float) -> dict[str, float]:
+    """The map with `region` at `value` and every other region's hashrate unchanged."""
+    factor = (1.0 - value) / (1.0 - shares[region])
+    return {r: (value if r == region else s * factor) for r, s in shares.items()}
+
+
+def test_drop_to_zero_right_after_a_cold_start_is_caught() -> None:
+    """Live pipeline (#14): a region of 15 % dropped to zero 100 s after a cold start raised no
+    alert in 7 min (the young baseline followed the drop). The 300 s window shows the drop
+    over five updates; the floor is a prior, so no history is needed."""
+    shares = rescaled(JAN_2022_MAP, "KZ", 0.15)
+    detector = ShiftDetector()
+    emitted = []
+    for minute in range(12):
+        seen = 1.0 - min(max((minute - 1) / 5.0, 0.0), 1.0)  # gone from 100 s on
+        now = rescaled(shares, "KZ", 0.15 * seen / (1.0 - 0.15 + 0.15 * seen))
+        emitted += detector.update(minute * 60.0, {r: (s, 0.002) for r, s in now.items()})
+        if any(a["region"] == "KZ" for a in emitted):
+            break
+    kz = [a for a in emitted if a["region"] == "KZ"]
+    assert kz and kz[0]["direction"] == "down" and kz[0]["detected_at"] <= 7 * 60.0
+    assert kz[0]["share_before"] == pytest.approx(0.15, abs=0.02)
+
+
+def test_a_blackout_does_not_raise_mirror_up_alerts_and_names_them() -> None:
+    """The US going dark lifts every other share by 1/0.62 (the demo raised "RU up"): those
+    moves are listed on the US alert, not raised as shifts of their own."""
+    detector = ShiftDetector()
+    for minute in range(120):
+        detector.update(minute * 60.0, {r: (s, 0.002) for r, s in JAN_2022_MAP.items()})
+    dark = rescaled(JAN_2022_MAP, "US", 0.0)
+    emitted = []
+    for minute in range(120, 180):
+        emitted += detector.update(minute * 60.0, {r: (s, 0.002) for r, s in dark.items()})
+    assert [(a["region"], a["direction"]) for a in emitted] == [("US", "down")]
+    (active,) = detector.active()
+    assert {"CN", "KZ", "RU"} <= set(active["mirrors"])
+
+
+def test_a_transfer_between_two_regions_alerts_both() -> None:
+    """Hashrate moving from CN to KZ is two real moves (the rest of the map stays put)."""
+    detector = ShiftDetector()
+    for minute in range(120):
+        detector.update(minute * 60.0, {r: (s, 0.002) for r, s in JAN_2022_MAP.items()})
+    moved = {**JAN_2022_MAP, "CN": JAN_2022_MAP["CN"] - 0.06, "KZ": JAN_2022_MAP["KZ"] + 0.06}
+    emitted = []
+    for minute in range(120, 150):
+        emitted += detector.update(minute * 60.0, {r: (s, 0.002) for r, s in moved.items()})
+    assert {(a["region"], a["direction"]) for a in emitted} == {("CN", "down"), ("KZ", "up")}
+
+
+def test_subdivisions_alert_above_their_minimum_share_only() -> None:
+    """US-TX (4.25 %) curtailed by 30 % alerts; US-NY at 1.5 % (below the 2 % minimum) does
+    not, even when it halves; the US (which holds both) is tracked as well."""
+    base = {"US-TX": 0.0425, "US-NY": 0.015, **JAN_2022_MAP}
+    detector = ShiftDetector(ShiftParams(min_subdivision_share=0.02))
+    for minute in range(240):
+        detector.update(minute * 60.0, {r: (s, 0.0005) for r, s in base.items()})
+    cut_tx = 0.0425 * 0.3
+    cut_ny = 0.0075
+    total = 1.0 - cut_tx - cut_ny
+    curtailed = {r: s / total for r, s in base.items()}
+    curtailed["US-TX"] = 0.0425 * 0.7 / total
+    curtailed["US-NY"] = 0.0075 / total
+    curtailed["US"] = (JAN_2022_MAP["US"] - cut_tx - cut_ny) / total
+    emitted = []
+    for minute in range(240, 270):
+        emitted += detector.update(minute * 60.0, {r: (s, 0.0005) for r, s in curtailed.items()})
+    regions = {a["region"] for a in emitted if a["direction"] == "down"}
+    assert "US-TX" in regions and "US-NY" not in regions
+    assert not [a for a in emitted if a["direction"] == "up"]  # the rest only mirrored
+
+
+def first_fire(engine: ShiftEngine, start: int, minutes: int) -> int | None:
+    """Minute of the first alert on a noise-free 10-point decline over `minutes` after
+    `start` quiet minutes."""
+    for minute in range(start + minutes):
+        progress = min(max((minute - start) / minutes, 0.0), 1.0)
+        share = np.array([0.13 - 0.10 * progress])
+        if engine.step(minute * 60.0, share, np.array([0.002])).fired.size:
+            return minute
+    return None
+
+
+def test_trend_test_fires_on_a_decline_too_slow_for_the_step_test() -> None:
+    """A 10-point decline over 3 days: residuals against the 6 h baseline stay within k·σ
+    for most of it; the trend test (recent hours against hours older than a day) sees it a day
+    or more earlier."""
+    start, ramp = 2 * 1440, 3 * 1440  # two quiet days first
+    engine = ShiftEngine(1, ShiftParams())
+    by_trend = first_fire(engine, start, ramp)
+    assert by_trend is not None and by_trend < start + ramp
+    assert engine.direction[0] == -1.0 and engine.test[0] == 1.0  # by the trend test
+    assert engine.baseline[0] == pytest.approx(0.13, abs=0.003)  # share_before: the reference
+    by_step = first_fire(ShiftEngine(1, ShiftParams(trend_z=1e9)), start, ramp)
+    assert by_step is None or by_step - by_trend > 1440
+
+
+def test_noise_estimate_is_not_inflated_by_a_trend() -> None:
+    """V comes from differences at a one-hour lag: a 10-point decline over 12 h adds
+    (0.83 pp)² / 2 to it, about the floor of a 13 % region, not the lag of the baseline."""
+    engine = ShiftEngine(1, ShiftParams(k=1e6, z_cap=2e6))  # never fires: V keeps learning
+    for minute in range(24 * 60):
+        progress = min(max((minute - 720) / 720, 0.0), 1.0)
+        engine.step(minute * 60.0, np.array([0.13 - 0.10 * progress]), np.array([0.0]))
+    slope_sq = (0.10 / 12) ** 2 / 2
+    assert engine.resid_var[0] <= 1.05 * slope_sq
+    assert engine.baseline[0] - 0.03 > 0.03  # the baseline lags far behind: the old V grew
+
+
+@pytest.mark.parametrize(
+    ("case", "minimum"),
+    [("ramp12", 0.9), ("ramp3d", 0.8), ("curtail", 0.8)],
+)
+def test_slow_moves_and_subdivision_curtailments_are_caught(case: str, minimum: float) -> None:
+    """bench/shift_cases.py's maps (scenario-like noise, US split into Texas and the rest): the
+    issue's targets, on a few replicates (the full runs are in BENCHMARKS.md)."""
+    from bench import shift_cases as cases
+
+    world, params = cases.WORLDS["scenario"], ShiftParams()
+    if case == "ramp12":
+        result = cases.ramp(params, 1440.0, 720.0, 120.0, 20, world, seed=41)
+    elif case == "ramp3d":
+        result = cases.ramp(params, 3 * 1440.0, 3 * 1440.0, 0.0, 10, world, seed=42)
+    else:
+        result = cases.curtailment(params, 20, world, seed=43)
+        assert result["recovery_signalled_within_60_min"] >= minimum
+    print(f"\n{case}: {result}")
+    assert result["rate"] >= minimum
+    assert result["false_before"] == 0
