@@ -40,7 +40,8 @@ EXAMPLE_SNAPSHOT: dict[str, Any] = {
 }
 EXAMPLE_ALERT: dict[str, Any] = {
     "type": "regional_shift", "id": "KZ-1641340800", "region": "KZ", "direction": "down",
-    "test": "step", "mirrors": ["US", "RU"], "detected_at": 1641341700.0, "started_at": 1641340800.0, "share_before": 0.18,
+    "test": "step", "mirrors": ["US", "RU"], "detected_at": 1641341700.0,
+    "started_at": 1641340800.0, "share_before": 0.18,
     "share_after": 0.06, "magnitude_pp": -12.0, "relative_change": -0.67, "score": 14.2,
     "state": "firing", "updated_at": 1641341700.0,
 }
