@@ -162,7 +162,8 @@ def test_cli_offline_mode_prints_json(capsys: pytest.CaptureFixture[str], tmp_pa
     path = tmp_path / "small.yaml"
     path.write_text(SMALL + "evaluation: {checks: [1h]}\n", encoding="utf-8")
     args = argparse.Namespace(scenario=path, worlds=1, seed=2, detect_worlds=0, partitions=2,
-                              truth=None, from_redis=False, from_api=None, json=Path("-"))
+                              truth=None, from_redis=False, from_api=None, json=Path("-"),
+                              track_hours=12.0, lead_hours=2.0)
     assert cmd.run(args) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["worlds"] == 1 and body["scenario"] == "small"
