@@ -445,6 +445,58 @@ def _matches(alert: AlertRecord, shift: ExpectedShift) -> bool:
             and shift.start <= alert.detected_at <= shift.end)
 
 
+def _shock_result(truth: Truth, shock: Mapping[str, Any], shifts: list[ExpectedShift],
+                  alerts: list[AlertRecord]) -> ShockResult:
+    """How one shock was seen: detected (with its delay), covered by an alert already firing,
+    missed, below the threshold, or not a move of a region's hashrate at all."""
+    common = {"shock": shock["name"], "kind": shock["kind"], "region": shock["region"],
+              "country": shock["country"], "direction": shock["direction"],
+              "onset": float(shock["onset"])}
+    if shock["direction"] in ("vpn", "switch") or shock.get("country") is None:
+        # vpn and switch change no hashrate of a region; a pools-only shock names none.
+        status = shock["direction"] if shock["direction"] in ("vpn", "switch") else "pools_only"
+        return ShockResult(**common, change_pp=None, status=status)
+    primary = [s for s in shifts if s.shock == shock["name"] and s.primary]
+    if not primary:
+        at = np.array([shock["onset"] - 1e-6, shock["full_effect"]])
+        before, after = truth.share_at(shock["country"], at)
+        return ShockResult(**common, change_pp=float((after - before) * 100),
+                           status="below_threshold")
+    shift = primary[0]
+    found = next((a for a in alerts if _matches(a, shift)), None)
+    if found is not None:
+        return ShockResult(
+            **common, change_pp=shift.change_pp, status="detected", alert_id=found.id,
+            delay_s=found.detected_at - shift.start,
+            started_at_error_s=(None if found.started_at is None
+                                else found.started_at - shift.start))
+    ongoing = next((a for a in alerts if a.country == shift.country
+                    and a.direction == shift.direction and a.firing_at(shift.start)), None)
+    return ShockResult(**common, change_pp=shift.change_pp,
+                       status="covered" if ongoing is not None else "missed",
+                       alert_id=ongoing.id if ongoing is not None else None)
+
+
+def _alert_verdict(truth: Truth, alert: AlertRecord, shifts: list[ExpectedShift],
+                   evaluated_from: float) -> AlertVerdict:
+    """One alert judged: during warm-up, expected, a recovery or secondary move, or false
+    (naming the VPN shock that explains it, if one does)."""
+    if alert.detected_at < evaluated_from:
+        return AlertVerdict(alert.id, alert.region, alert.direction, alert.detected_at, "warmup")
+    matching = [s for s in shifts if _matches(alert, s)]
+    if matching:
+        best = min(matching, key=lambda s: (not s.primary, s.phase != "onset", s.start))
+        verdict = ("expected" if best.primary
+                   else "recovery" if best.phase == "recovery" else "secondary")
+        return AlertVerdict(alert.id, alert.region, alert.direction, alert.detected_at,
+                            verdict, best.shock)
+    cause = next((s["name"] for s in truth.shocks if s["direction"] == "vpn"
+                  and alert.country in (s["country"], country_of(s["exit_region"]))
+                  and alert.detected_at >= s["onset"]), None)
+    return AlertVerdict(alert.id, alert.region, alert.direction, alert.detected_at, "false",
+                        cause)
+
+
 def score_alerts(truth: Truth, records: Iterable[Mapping[str, Any]], *,
                  warmup_s: float = DEFAULT_WARMUP_S,
                  min_change_pp: float = DEFAULT_MIN_CHANGE_PP,
@@ -453,63 +505,11 @@ def score_alerts(truth: Truth, records: Iterable[Mapping[str, Any]], *,
     alerts = consolidate_alerts(records)
     shifts = expected_shifts(truth, min_change_pp, tolerance_s)
     evaluated_from = truth.start + warmup_s
-    results = []
-    for shock in truth.shocks:
-        common = {"shock": shock["name"], "kind": shock["kind"], "region": shock["region"],
-                  "country": shock["country"], "direction": shock["direction"],
-                  "onset": float(shock["onset"])}
-        if shock["direction"] in ("vpn", "switch") or shock.get("country") is None:
-            # vpn and switch change no hashrate of a region; a pools-only shock names none.
-            status = (shock["direction"] if shock["direction"] in ("vpn", "switch")
-                      else "pools_only")
-            results.append(ShockResult(**common, change_pp=None, status=status))
-            continue
-        primary = [s for s in shifts if s.shock == shock["name"] and s.primary]
-        if not primary:
-            at = np.array([shock["onset"] - 1e-6, shock["full_effect"]])
-            before, after = truth.share_at(shock["country"], at)
-            results.append(ShockResult(**common, change_pp=float((after - before) * 100),
-                                       status="below_threshold"))
-            continue
-        shift = primary[0]
-        found = next((a for a in alerts if _matches(a, shift)), None)
-        if found is not None:
-            results.append(ShockResult(
-                **common, change_pp=shift.change_pp, status="detected", alert_id=found.id,
-                delay_s=found.detected_at - shift.start,
-                started_at_error_s=(None if found.started_at is None
-                                    else found.started_at - shift.start)))
-            continue
-        ongoing = next((a for a in alerts if a.country == shift.country
-                        and a.direction == shift.direction and a.firing_at(shift.start)), None)
-        results.append(ShockResult(
-            **common, change_pp=shift.change_pp,
-            status="covered" if ongoing is not None else "missed",
-            alert_id=ongoing.id if ongoing is not None else None))
-
-    verdicts = []
-    false_alarms = 0
-    for alert in alerts:
-        if alert.detected_at < evaluated_from:
-            verdicts.append(AlertVerdict(alert.id, alert.region, alert.direction,
-                                         alert.detected_at, "warmup"))
-            continue
-        matching = [s for s in shifts if _matches(alert, s)]
-        if matching:
-            best = min(matching, key=lambda s: (not s.primary, s.phase != "onset", s.start))
-            verdict = ("expected" if best.primary
-                       else "recovery" if best.phase == "recovery" else "secondary")
-            verdicts.append(AlertVerdict(alert.id, alert.region, alert.direction,
-                                         alert.detected_at, verdict, best.shock))
-            continue
-        false_alarms += 1
-        cause = next((s["name"] for s in truth.shocks if s["direction"] == "vpn"
-                      and alert.country in (s["country"], country_of(s["exit_region"]))
-                      and alert.detected_at >= s["onset"]), None)
-        verdicts.append(AlertVerdict(alert.id, alert.region, alert.direction,
-                                     alert.detected_at, "false", cause))
+    results = [_shock_result(truth, shock, shifts, alerts) for shock in truth.shocks]
+    verdicts = [_alert_verdict(truth, alert, shifts, evaluated_from) for alert in alerts]
     weeks = max(0.0, truth.end - evaluated_from) / SECONDS_PER_WEEK
-    return AlertScore(shocks=results, alerts=verdicts, false_alarms=false_alarms,
+    return AlertScore(shocks=results, alerts=verdicts,
+                      false_alarms=sum(v.verdict == "false" for v in verdicts),
                       evaluated_weeks=weeks)
 
 
@@ -572,20 +572,9 @@ def _num(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
-def format_report(report: Report, max_regions: int = 20) -> str:
-    """A plain-text table of the report for the terminal."""
-    lines = [
-        f"scenario {report.scenario}: {(report.end - report.start) / 3600:.1f} h simulated, "
-        f"evaluated from +{(report.evaluated_from - report.start) / 60:.0f} min",
-    ]
-    if report.network is not None:
-        n = report.network
-        lines.append(
-            f"network hashrate: {n.points} points, mean |rel err| "
-            f"{_num(n.hashrate_mae_rel, 100)} %, bias {_num(n.hashrate_bias_rel, 100)} %, "
-            f"p90 {_num(n.hashrate_p90_rel, 100)} %")
-    if report.total_variation_pp is not None:
-        lines.append(f"map misplaced (½Σ|ŝ−s| over countries): {report.total_variation_pp:.2f} pp")
+def _region_lines(report: Report, max_regions: int) -> list[str]:
+    """The per-region table, and the network interval's coverage."""
+    lines: list[str] = []
     lines.append("")
     header = (f"{'region':8s} {'pts':>5s} {'true %':>7s} {'MAE pp':>7s} {'bias pp':>8s} "
               f"{'p90 pp':>7s} {'sample pp':>9s} {'H |rel| %':>9s} {'H bias %':>8s}")
@@ -616,6 +605,12 @@ def format_report(report: Report, max_regions: int = 20) -> str:
                      f"({_num(cov.hashrate_window_coverage, 100, 1)} % for the window mean)")
         lines.append("cov s / cov sw / cov H: % of snapshots whose 95 % interval held the true "
                      "share (at as_of / window mean) and hashrate")
+    return lines
+
+
+def _alert_lines(report: Report) -> list[str]:
+    """Per shock how it was seen; the alerts by verdict, and each false alarm."""
+    lines: list[str] = []
     score = report.alerts
     lines += ["", f"{'shock':28s} {'region':7s} {'dir':4s} {'Δ pp':>7s} {'status':15s} "
                   f"{'delay min':>9s} {'onset err min':>13s}"]
@@ -640,6 +635,25 @@ def format_report(report: Report, max_regions: int = 20) -> str:
             cause = f" (caused by vpn shock {verdict.shock})" if verdict.shock else ""
             lines.append(f"  false alarm {verdict.region} {verdict.direction} at "
                          f"+{(verdict.detected_at - report.start) / 3600:.2f} h{cause}")
+    return lines
+
+
+def format_report(report: Report, max_regions: int = 20) -> str:
+    """A plain-text table of the report for the terminal."""
+    lines = [
+        f"scenario {report.scenario}: {(report.end - report.start) / 3600:.1f} h simulated, "
+        f"evaluated from +{(report.evaluated_from - report.start) / 60:.0f} min",
+    ]
+    if report.network is not None:
+        n = report.network
+        lines.append(
+            f"network hashrate: {n.points} points, mean |rel err| "
+            f"{_num(n.hashrate_mae_rel, 100)} %, bias {_num(n.hashrate_bias_rel, 100)} %, "
+            f"p90 {_num(n.hashrate_p90_rel, 100)} %")
+    if report.total_variation_pp is not None:
+        lines.append(f"map misplaced (½Σ|ŝ−s| over countries): {report.total_variation_pp:.2f} pp")
+    lines += _region_lines(report, max_regions)
+    lines += _alert_lines(report)
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 

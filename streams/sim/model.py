@@ -337,12 +337,10 @@ class World:
         return rates
 
 
-def build_world(scenario: Scenario, seed: int | None = None) -> World:
-    """Compile a scenario (see the module docstring for the allocation rule); farms, if the
-    scenario has them, are drawn from ``seed`` (default: the scenario's)."""
-    leaves = tuple(scenario.regions)
-    base = np.array([scenario.regions[r] for r in leaves]) / 100.0
-    base = base / base.sum()
+def _allocation(scenario: Scenario, leaves: tuple[str, ...], base: FloatArray
+                ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Each pool's hashrate per leaf region (rows: pools, then the unidentified rest), as the
+    module docstring's allocation rule says; and which rows are sampled."""
     pools = scenario.pools
     pool_share = np.array([p.network_share_pct for p in pools]) / 100.0
     sampled = np.array([p.sampled for p in pools] + [False])
@@ -365,14 +363,14 @@ def build_world(scenario: Scenario, seed: int | None = None) -> World:
                 allocation[index] = residual * pool_share[index] / unsampled_total
         rest = max(0.0, unsampled_total - float(pool_share[~sampled[:-1]].sum()))
         allocation[-1] = residual * rest / unsampled_total
+    return allocation, sampled
 
-    exits = [s.exit_region for s in scenario.shocks if s.exit_region is not None]
-    sample_regions = leaves + tuple(dict.fromkeys(e for e in exits if e not in leaves))
-    shock_leaves = tuple(
-        np.array([leaves.index(leaf) for leaf in scenario.leaves_of(s.region)], dtype=np.int64)
-        if s.region is not None else np.arange(len(leaves), dtype=np.int64)
-        for s in scenario.shocks
-    )
+
+def _pool_shocks(scenario: Scenario, shock_leaves: tuple[npt.NDArray[np.int64], ...]
+                 ) -> list[PoolShock]:
+    """Shocks that move hashrate between pools: the pools hit, and where their hashrate goes."""
+    pools = scenario.pools
+    pool_share = np.array([p.network_share_pct for p in pools]) / 100.0
     names = [p.name for p in pools]
     rest_share = max(0.0, 1.0 - float(pool_share.sum()))
     pool_shocks = []
@@ -390,14 +388,14 @@ def build_world(scenario: Scenario, seed: int | None = None) -> World:
                    else np.full(len(targets), 1.0 / len(targets)))
         pool_shocks.append(PoolShock(shock, rows, hit_leaves,
                                      np.array(targets, dtype=np.int64), weights))
-    farm_rng = np.random.default_rng([scenario.seed if seed is None else seed, 0xFA57])
-    farms = draw_farms(scenario, allocation, leaves, farm_rng)
-    vpn_exits = tuple(
-        sample_regions.index(s.exit_region) if s.exit_region is not None else -1
-        for s in scenario.shocks
-    )
+    return pool_shocks
 
-    classes = [share_classes(scenario.machines, p.share_interval) for p in pools if p.sampled]
+
+def _share_classes(scenario: Scenario) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The share difficulties in use, and per sampled pool the hashrate fraction and workers per
+    H/s at each."""
+    classes = [share_classes(scenario.machines, p.share_interval)
+               for p in scenario.pools if p.sampled]
     difficulties = np.array(sorted({float(d) for c in classes for d in c.difficulty}))
     class_weight = np.zeros((len(classes), difficulties.size))
     workers = np.zeros((len(classes), difficulties.size))
@@ -405,6 +403,31 @@ def build_world(scenario: Scenario, seed: int | None = None) -> World:
         columns = np.searchsorted(difficulties, pool_classes.difficulty)
         class_weight[row, columns] = pool_classes.hashrate_fraction
         workers[row, columns] = pool_classes.workers_per_hs
+    return difficulties, class_weight, workers
+
+
+def build_world(scenario: Scenario, seed: int | None = None) -> World:
+    """Compile a scenario (see the module docstring for the allocation rule); farms, if the
+    scenario has them, are drawn from ``seed`` (default: the scenario's)."""
+    leaves = tuple(scenario.regions)
+    base = np.array([scenario.regions[r] for r in leaves]) / 100.0
+    base = base / base.sum()
+    pools = scenario.pools
+    allocation, sampled = _allocation(scenario, leaves, base)
+    exits = [s.exit_region for s in scenario.shocks if s.exit_region is not None]
+    sample_regions = leaves + tuple(dict.fromkeys(e for e in exits if e not in leaves))
+    shock_leaves = tuple(
+        np.array([leaves.index(leaf) for leaf in scenario.leaves_of(s.region)], dtype=np.int64)
+        if s.region is not None else np.arange(len(leaves), dtype=np.int64)
+        for s in scenario.shocks
+    )
+    farm_rng = np.random.default_rng([scenario.seed if seed is None else seed, 0xFA57])
+    farms = draw_farms(scenario, allocation, leaves, farm_rng)
+    vpn_exits = tuple(
+        sample_regions.index(s.exit_region) if s.exit_region is not None else -1
+        for s in scenario.shocks
+    )
+    difficulties, class_weight, workers = _share_classes(scenario)
     return World(
         scenario=scenario,
         leaves=leaves,
@@ -419,7 +442,7 @@ def build_world(scenario: Scenario, seed: int | None = None) -> World:
         workers_per_hs=workers,
         shock_leaves=shock_leaves,
         vpn_exits=vpn_exits,
-        pool_shocks=tuple(pool_shocks),
+        pool_shocks=tuple(_pool_shocks(scenario, shock_leaves)),
         farms=farms,
         feed_lag=np.array([p.feed_lag for p in pools if p.sampled]),
     )
