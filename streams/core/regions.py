@@ -259,6 +259,19 @@ def _redistribute(
     return spread, jac_global @ jac_local
 
 
+def _merged_pairs(samples: Mapping[tuple[str, str], SampleLike]
+                  ) -> dict[tuple[str, str], tuple[float, float]]:
+    """(pool, normalised region) → (hashrate, variance), summing keys that normalise alike."""
+    merged: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, sample in samples.items():
+        pool, region = key
+        hashrate, se = _checked(key, sample)
+        pair = (pool, normalise_region(region))
+        old_hashrate, old_var = merged.get(pair, (0.0, 0.0))
+        merged[pair] = (old_hashrate + hashrate, old_var + se * se)
+    return merged
+
+
 def region_shares(
     samples: Mapping[tuple[str, str], SampleLike],
     *,
@@ -289,13 +302,7 @@ def region_shares(
     """
     if level not in ("country", "subdivision"):
         raise ValueError(f"level must be 'country' or 'subdivision', got {level!r}")
-    merged: dict[tuple[str, str], tuple[float, float]] = {}
-    for key, sample in samples.items():
-        pool, region = key
-        hashrate, se = _checked(key, sample)
-        pair = (pool, normalise_region(region))
-        old_hashrate, old_var = merged.get(pair, (0.0, 0.0))
-        merged[pair] = (old_hashrate + hashrate, old_var + se * se)
+    merged = _merged_pairs(samples)
     if not merged:
         return {}
     pairs = list(merged)
