@@ -599,43 +599,30 @@ def _print_shocks(results: Sequence[ShockResult]) -> None:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weeks", type=int, default=200, help="simulated map-weeks, no shock")
-    parser.add_argument("--replicates", type=int, default=200, help="replicates per shock")
-    parser.add_argument("--seed", type=int, default=20220105)
-    parser.add_argument("--grid", action="store_true", help="also run the (k, h) calibration grid")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    params = ShiftParams()
-    started = time.perf_counter()
-    output: dict[str, object] = {"params": asdict(params), "args": vars(args) | {"out": None}}
-
-    base = World()
-    worlds = {
-        "thin sample (20 shares/s), real noise = floor": base,
-        "rich sample (2000 shares/s), real noise = floor": World(rate_per_s=2000.0),
-        "thin sample, real noise 1.5x floor": World(noise_scale=1.5 * params.noise_scale),
-        "thin sample, real noise 2x floor": World(noise_scale=2.0 * params.noise_scale),
-        "thin sample, real noise correlated 2 h": World(noise_tau_min=120.0),
-    }
-    output["worlds"] = {name: asdict(w) for name, w in worlds.items()}
+def _false_alarm_table(params: ShiftParams, worlds: dict[str, World], weeks: int, seed: int
+                       ) -> dict[str, dict[str, float]]:
+    """False alarms per map-week with no shock, per simulated world."""
     print(
         f"False alarms with no shock: Jan 2022 map ({len(JAN_2022)} regions), "
-        f"{args.weeks} simulated weeks at one update a minute"
+        f"{weeks} simulated weeks at one update a minute"
     )
     fa_rows = {}
     for i, (name, world) in enumerate(worlds.items()):
-        fa = false_alarms(params, weeks=args.weeks, world=world, seed=args.seed + i)
+        fa = false_alarms(params, weeks=weeks, world=world, seed=seed + i)
         fa_rows[name] = fa
         print(
             f"  {name:48s} {fa['false_alarms']:4.0f} alarms = "
             f"{fa['false_alarms_per_week']:.3f} per map-week"
         )
-    output["false_alarms"] = fa_rows
+    return fa_rows
 
-    n = args.replicates
-    seed = args.seed + 100
+
+
+def _shock_tables(params: ShiftParams, worlds: dict[str, World], n: int, seed0: int
+                  ) -> list[dict[str, object]]:
+    """Every shock case: detection delays, then the ramp sweep and China's 2021 ban."""
+    base = next(iter(worlds.values()))
+    seed = seed0 + 100
     shocks = [ten_point_drop(params, r, replicates=n, world=base, seed=seed + i)
               for i, r in enumerate(("US", "CN", "KZ"))]  # fmt: skip
     variants = {
@@ -683,7 +670,33 @@ def main() -> None:
     )
     _print_shocks(china_fast)
     china.extend(china_fast)
-    output["shocks"] = [asdict(r) for r in (*shocks, *sweep, *china)]
+    return [asdict(r) for r in (*shocks, *sweep, *china)]
+
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weeks", type=int, default=200, help="simulated map-weeks, no shock")
+    parser.add_argument("--replicates", type=int, default=200, help="replicates per shock")
+    parser.add_argument("--seed", type=int, default=20220105)
+    parser.add_argument("--grid", action="store_true", help="also run the (k, h) calibration grid")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    params = ShiftParams()
+    started = time.perf_counter()
+    output: dict[str, object] = {"params": asdict(params), "args": vars(args) | {"out": None}}
+
+    base = World()
+    worlds = {
+        "thin sample (20 shares/s), real noise = floor": base,
+        "rich sample (2000 shares/s), real noise = floor": World(rate_per_s=2000.0),
+        "thin sample, real noise 1.5x floor": World(noise_scale=1.5 * params.noise_scale),
+        "thin sample, real noise 2x floor": World(noise_scale=2.0 * params.noise_scale),
+        "thin sample, real noise correlated 2 h": World(noise_tau_min=120.0),
+    }
+    output["worlds"] = {name: asdict(w) for name, w in worlds.items()}
+    output["false_alarms"] = _false_alarm_table(params, worlds, args.weeks, args.seed)
+    output["shocks"] = _shock_tables(params, worlds, args.replicates, args.seed)
 
     if args.grid:
         print("\nCalibration grid (thin sample, real noise = floor)")
