@@ -280,6 +280,24 @@ class NetworkEntry(BaseModel):
     sources: list[str] = Field(default_factory=list)
     coverage: float | None
     coverage_ci95: tuple[float, float] | None = None
+    coverage_status: Literal["stable", "shifted", "short_history"] | None = Field(
+        default=None,
+        description="Whether the sampled pools' block share moved: 'stable' (the last 144 blocks "
+        "agree with the older ones; coverage weighs blocks by exp(-age/200) so that a drift or a "
+        "shock in unsampled pools is followed), 'shifted' (they differ beyond |z| 3; coverage "
+        "from the last 144 blocks only, wider), 'short_history' (too few blocks to test).")
+    coverage_long_window: float | None = Field(
+        default=None,
+        description="The sampled pools' share of the whole coverage window's block work (2016 "
+        "blocks), every block alike: what coverage was before it forgot old blocks.")
+    coverage_shift_z: float | None = Field(
+        default=None,
+        description="Two-proportion z of the sampled pools' share in the last 144 blocks "
+        "against the older blocks of the window (standard normal while coverage holds).")
+    interval_note: str | None = Field(
+        default=None,
+        description="Why the network interval is as wide as it is: coverage and its status, and "
+        "whether the recent block rate disagrees with the share-based estimate.")
     sample_hashrate_hs: float
     power_w: PowerBand | None
     annualized_twh: PowerBand | None
