@@ -90,7 +90,7 @@ def test_coverage_shift_is_a_two_proportion_z() -> None:
 def test_coverage_shift_is_standard_normal_when_nothing_moves() -> None:
     rng = np.random.default_rng(7)
     zs = []
-    for _ in range(1500):
+    for _ in range(1000):
         shift = coverage_shift(_chain(rng, np.full(2016, 0.42)), np.ones(2016), {"s"})
         assert shift is not None
         zs.append(shift.z)
@@ -134,7 +134,7 @@ def test_a_week_of_drift_leaves_the_window_share_behind_but_not_the_assessed_one
     rng = np.random.default_rng(11)
     path = np.concatenate([np.full(1008, 0.40), np.linspace(0.40, 0.36, 1008)])
     old_hits = new_hits = 0
-    reps = 600
+    reps = 400
     for _ in range(reps):
         pools = _chain(rng, path)
         old_hits += _covers(coverage_from_blocks(pools, np.ones(2016), {"s"}), 0.36)
@@ -146,7 +146,7 @@ def test_a_week_of_drift_leaves_the_window_share_behind_but_not_the_assessed_one
 
 def test_the_assessed_interval_stays_honest_when_nothing_moves() -> None:
     rng = np.random.default_rng(12)
-    reps = 1500
+    reps = 1000
     hits = sum(
         _covers(getattr(assess_coverage(_chain(rng, np.full(2016, 0.42)), np.ones(2016), {"s"}),
                         "coverage", None), 0.42)
