@@ -181,3 +181,15 @@ def test_site_utilisation_is_each_power_band_over_the_registrys_mining_capacity(
         assert item["utilisation"] == pytest.approx(
             {k: band[k] / capacity[region] for k in ("lower", "best", "upper")})
     assert _build(_sample())["site_utilisation"] == []
+
+
+def test_the_api_model_keeps_the_coverage_fields() -> None:
+    """GET /v1/estimates/current serialises through EstimateSnapshot: the fields that say why
+    the network interval is as wide as it is must survive it."""
+    from streams.contracts import EstimateSnapshot
+
+    snapshot = _build(_sample())
+    served = EstimateSnapshot.model_validate(snapshot).model_dump()["network"]
+    for key in ("coverage_status", "coverage_long_window", "coverage_shift_z", "interval_note"):
+        assert served[key] == snapshot["network"][key]  # type: ignore[index]
+    assert served["coverage_status"] == "stable"
