@@ -117,6 +117,8 @@ def realistic_snapshot(published_at: float) -> EstimateSnapshot:
     network = NetworkEntry(
         hashrate_hs=NETWORK_HS, hashrate_ci95_hs=(1.92e20, 2.08e20), source="fused",
         sources=["shares", "blocks"], coverage=0.41, coverage_ci95=(0.39, 0.43),
+        coverage_status="stable", coverage_long_window=0.405, coverage_shift_z=0.4,
+        interval_note="coverage 0.41 (stable)",
         unlisted_region_share_max=0.61,
         sample_hashrate_hs=NETWORK_HS * 0.41, power_w=band(1.0e10),
         annualized_twh=band(87.7), hashprice_usd_ph_day=205.3,

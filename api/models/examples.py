@@ -23,7 +23,10 @@ EXAMPLE_SNAPSHOT: dict[str, Any] = {
     "network": {
         "hashrate_hs": 7.5e20, "hashrate_ci95_hs": [7.2e20, 7.8e20], "source": "fused",
         "sources": ["shares", "coverage", "blocks"], "coverage": 0.41,
-        "coverage_ci95": [0.37, 0.45], "unlisted_region_share_max": 0.63,
+        "coverage_ci95": [0.37, 0.45], "coverage_status": "stable",
+        "coverage_long_window": 0.405, "coverage_shift_z": 0.4,
+        "interval_note": "coverage 0.41 (stable: the last 144 blocks agree with the older ones)",
+        "unlisted_region_share_max": 0.63,
         "sample_hashrate_hs": 3.1e20,
         "power_w": EXAMPLE_POWER, "annualized_twh": EXAMPLE_TWH, "hashprice_usd_ph_day": 52.1,
         "profitability_threshold_j_gh": 0.041, "block_hashrate_hs": 7.4e20,

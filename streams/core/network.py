@@ -28,6 +28,19 @@ BLOCKS_PER_DAY = 86400.0 / TARGET_BLOCK_INTERVAL_S
 # Pool coverage moves slowly (pools gain or lose hashers over weeks), while its binomial noise falls
 # as 1/sqrt(blocks): one difficulty period (~2 weeks) gives ±2.7 % (1σ, relative) at c = 0.4.
 DEFAULT_COVERAGE_WINDOW_BLOCKS = 2016
+# But coverage does move: hashers switch pools over days (0.40 → 0.36 in a week is ordinary), and a
+# shock that hits only unsampled pools moves c at once (−10 % of their hashrate: c × 1.06). Neither
+# is detectable in a day: a 6 % change of c needs ~3,700 blocks to stand out of binomial noise. So
+# ĉ is a local-level estimate that forgets: each block weighs exp(−age / memory), the steady-state
+# filter of a drifting log c, and its interval is the sampling error of that weighted share
+# (Wilson on the Kish effective count, ≈ 2 × memory blocks). A shorter memory follows a change
+# sooner and is noisier; 200 blocks (≈ 33 h) is the longest that keeps the 95 % interval ≥ 90 %
+# under both changes above in the offline evaluator (BENCHMARKS.md, "Coverage that moves").
+DEFAULT_COVERAGE_MEMORY_BLOCKS = 200.0
+# The recent blocks tested against the older ones of the window for a change of coverage large
+# enough to see (two-proportion z); beyond DEFAULT_SHIFT_Z ĉ is taken from the recent blocks only.
+DEFAULT_SHIFT_RECENT_BLOCKS = 144
+DEFAULT_SHIFT_Z = 3.0
 # How far the network's log-hashrate wanders per second, used to age the block estimate: it
 # describes the mean over its window, whose midpoint lies span/2 before the newest block. 5 % per
 # √day covers daily curtailment, drift and moderate shocks; a larger step is not covered by it, but
@@ -35,6 +48,7 @@ DEFAULT_COVERAGE_WINDOW_BLOCKS = 2016
 DEFAULT_LOG_DRIFT_VAR_PER_S = 0.05**2 / 86400.0
 
 EstimateSource = Literal["fused", "shares", "blocks"]
+CoverageStatus = Literal["stable", "shifted", "short_history"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -115,15 +129,18 @@ def network_hashrate_from_daily(blk_cnt: npt.ArrayLike, diff_mean: npt.ArrayLike
 class Coverage:
     """Share of the network's recent block work found by the sampled pools.
 
-    `sampled_work_share` is the estimate ĉ (work-weighted) that the nowcast divides by; `fraction`
-    is the plain block-count fraction (sampled blocks / blocks), equal to it when all works in the
-    window are equal; `ci95` is the Wilson interval for ĉ; `blocks` is the window length.
+    `sampled_work_share` is the estimate ĉ (work-weighted, and age-weighted when discounted) that
+    the nowcast divides by; `fraction` is the plain block-count fraction (sampled blocks / blocks)
+    of the window, equal to it when all works are equal and nothing is discounted; `ci95` is the
+    Wilson interval for ĉ; `blocks` is the window length and `effective_blocks` the Kish count
+    (Σw)²/Σw² the interval rests on.
     """
 
     fraction: float
     ci95: tuple[float, float]
     blocks: int
     sampled_work_share: float
+    effective_blocks: float | None = None
 
 
 def _wilson_interval(share: float, n: float) -> tuple[float, float]:
@@ -134,32 +151,160 @@ def _wilson_interval(share: float, n: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _in_sample(pools: Sequence[str], sampled_pools: Collection[str]) -> npt.NDArray[np.bool_]:
+    return np.fromiter((p in sampled_pools for p in pools), dtype=bool, count=len(pools))
+
+
+def _weighted_coverage(in_sample: npt.NDArray[np.bool_], weights: FloatArray) -> Coverage | None:
+    """ĉ = Σ sampled weight / Σ weight, with Wilson on the Kish effective block count."""
+    total = float(weights.sum())
+    if weights.size == 0 or total <= 0.0:
+        return None
+    work_share = float(weights[in_sample].sum()) / total
+    effective_blocks = total * total / float(np.square(weights).sum())
+    return Coverage(
+        fraction=float(in_sample.mean()),
+        ci95=_wilson_interval(work_share, effective_blocks),
+        blocks=int(weights.size),
+        sampled_work_share=work_share,
+        effective_blocks=effective_blocks,
+    )
+
+
+def _checked_works(pools: Sequence[str], works: npt.ArrayLike) -> FloatArray:
+    work_arr = np.asarray(works, dtype=np.float64)
+    if work_arr.ndim != 1 or work_arr.size != len(pools):
+        raise ValueError("pools and works must have the same length")
+    return work_arr
+
+
 def coverage_from_blocks(
     pools: Sequence[str], works: npt.ArrayLike, sampled_pools: Collection[str]
 ) -> Coverage | None:
-    """Coverage ĉ of the sampled pools over the blocks given (use a long window, e.g. 2016).
+    """Coverage ĉ of the sampled pools over the blocks given, every block weighed alike.
 
     Each block is the sampled pools' with probability c (their share of the hashrate), so the
     count is binomial. The interval is Wilson's (no quantile function needed, close to nominal
     from a few blocks on, and never outside [0, 1]), applied to the work-weighted share with the
     Kish effective block count (Σw)²/Σw², which is exactly Wilson on the count when all works are
     equal (within one difficulty period they are). None when there is no block or no work.
+    Right only while c stays put over the window; the nowcast uses `assess_coverage`.
     """
-    work_arr = np.asarray(works, dtype=np.float64)
-    if work_arr.ndim != 1 or work_arr.size != len(pools):
-        raise ValueError("pools and works must have the same length")
-    total = float(work_arr.sum())
-    if work_arr.size == 0 or total <= 0.0:
+    work_arr = _checked_works(pools, works)
+    return _weighted_coverage(_in_sample(pools, sampled_pools), work_arr)
+
+
+def discounted_coverage(
+    pools: Sequence[str],
+    works: npt.ArrayLike,
+    sampled_pools: Collection[str],
+    memory_blocks: float = DEFAULT_COVERAGE_MEMORY_BLOCKS,
+) -> Coverage | None:
+    """ĉ now, with each block (oldest first) weighed by its work × exp(−age / memory_blocks).
+
+    The steady-state local-level filter of a drifting c: it follows a drift or a jump within
+    about `memory_blocks` blocks, where the plain share of a 2016-block window lags by a week.
+    The interval is the weighted share's binomial error (Wilson on the Kish count): the price of
+    forgetting is a wider interval, paid whether or not c moves, because a move of a few percent
+    cannot be told from noise before the filter has followed it anyway.
+    """
+    if memory_blocks <= 0.0:
+        raise ValueError(f"memory_blocks must be positive, got {memory_blocks}")
+    work_arr = _checked_works(pools, works)
+    ages = np.arange(work_arr.size - 1, -1, -1, dtype=np.float64)
+    return _weighted_coverage(_in_sample(pools, sampled_pools),
+                              work_arr * np.exp(-ages / memory_blocks))
+
+
+@dataclass(frozen=True)
+class CoverageShift:
+    """The sampled pools' block share over the recent blocks against the older ones (z-test)."""
+
+    recent: float
+    older: float
+    recent_blocks: int
+    older_blocks: int
+    z: float
+
+
+def coverage_shift(
+    pools: Sequence[str],
+    works: npt.ArrayLike,
+    sampled_pools: Collection[str],
+    recent_blocks: int = DEFAULT_SHIFT_RECENT_BLOCKS,
+) -> CoverageShift | None:
+    """Two-proportion z of the recent blocks' sampled (work) share against the older blocks'.
+
+    Under a constant c both are binomial shares of independent blocks, so z is standard normal;
+    |z| of 3 or more says c changed inside the window. None when there are not at least as many
+    older blocks as recent ones, or one side has no work.
+    """
+    if recent_blocks < 1:
+        raise ValueError(f"recent_blocks must be at least 1, got {recent_blocks}")
+    work_arr = _checked_works(pools, works)
+    if work_arr.size < 2 * recent_blocks:
         return None
-    in_sample = np.fromiter((p in sampled_pools for p in pools), dtype=bool, count=len(pools))
-    work_share = float(work_arr[in_sample].sum()) / total
-    effective_blocks = total * total / float(np.square(work_arr).sum())
-    return Coverage(
-        fraction=float(in_sample.mean()),
-        ci95=_wilson_interval(work_share, effective_blocks),
-        blocks=int(work_arr.size),
-        sampled_work_share=work_share,
-    )
+    in_sample = _in_sample(pools, sampled_pools)
+    recent = _weighted_coverage(in_sample[-recent_blocks:], work_arr[-recent_blocks:])
+    older = _weighted_coverage(in_sample[:-recent_blocks], work_arr[:-recent_blocks])
+    pooled = _weighted_coverage(in_sample, work_arr)
+    if recent is None or older is None or pooled is None:
+        return None
+    assert recent.effective_blocks is not None and older.effective_blocks is not None
+    p = pooled.sampled_work_share
+    se = math.sqrt(p * (1.0 - p) * (1.0 / recent.effective_blocks + 1.0 / older.effective_blocks))
+    diff = recent.sampled_work_share - older.sampled_work_share
+    z = diff / se if se > 0.0 else 0.0
+    return CoverageShift(recent=recent.sampled_work_share, older=older.sampled_work_share,
+                         recent_blocks=recent.blocks, older_blocks=older.blocks, z=z)
+
+
+@dataclass(frozen=True)
+class CoverageAssessment:
+    """The ĉ the nowcast divides by, the window's plain share, the shift test, and a verdict.
+
+    `status`: "stable" (no change seen; ĉ is the discounted share), "shifted" (the recent blocks
+    differ from the older ones beyond the z threshold; ĉ from the recent blocks only, with their
+    wider interval), "short_history" (too few blocks to test; ĉ discounted over what there is).
+    """
+
+    coverage: Coverage
+    long_window: Coverage
+    shift: CoverageShift | None
+    status: CoverageStatus
+    memory_blocks: float
+
+
+def assess_coverage(
+    pools: Sequence[str],
+    works: npt.ArrayLike,
+    sampled_pools: Collection[str],
+    *,
+    memory_blocks: float = DEFAULT_COVERAGE_MEMORY_BLOCKS,
+    recent_blocks: int = DEFAULT_SHIFT_RECENT_BLOCKS,
+    shift_z: float = DEFAULT_SHIFT_Z,
+) -> CoverageAssessment | None:
+    """ĉ for the nowcast from the coverage window (oldest block first): discounted, unless the
+    recent blocks show a change, then from them alone. None when there is no block or no work."""
+    long_window = coverage_from_blocks(pools, works, sampled_pools)
+    discounted = discounted_coverage(pools, works, sampled_pools, memory_blocks)
+    if long_window is None or discounted is None:
+        return None
+    shift = coverage_shift(pools, works, sampled_pools, recent_blocks)
+    status: CoverageStatus
+    coverage = discounted
+    if shift is None:
+        status = "short_history"
+    elif abs(shift.z) > shift_z:
+        status = "shifted"
+        recent = coverage_from_blocks(pools[-recent_blocks:],
+                                      _checked_works(pools, works)[-recent_blocks:],
+                                      sampled_pools)
+        coverage = recent or discounted
+    else:
+        status = "stable"
+    return CoverageAssessment(coverage=coverage, long_window=long_window, shift=shift,
+                              status=status, memory_blocks=memory_blocks)
 
 
 # ---- the nowcast -----------------------------------------------------------------------------
@@ -180,6 +325,9 @@ class NetworkEstimate:
     sources: tuple[str, ...]
     coverage: float | None
     sample_hashrate_hs: float | None
+    #: |log(share-based / block-based)| over its standard error when both fed the estimate: the
+    #: recent block rate against the nowcast; above 1 the interval was scaled by it (Birge).
+    block_disagreement_z: float | None = None
 
 
 def _log_var_from_ci(lower: float, upper: float) -> float:
@@ -235,14 +383,15 @@ def nowcast_network_hashrate(
         return None
     weights = [1.0 / var for _, var in estimates]
     se_log = math.sqrt(1.0 / sum(weights))
+    disagreement: float | None = None
     if len(estimates) == 1:
         hashrate = estimates[0][0]  # exactly the one input, not exp(log(x))
     else:
         (h_shares, v_shares), (h_blocks, v_blocks) = estimates
         log_h = sum(w * math.log(h) for w, (h, _) in zip(weights, estimates, strict=True))
         hashrate = math.exp(log_h / sum(weights))
-        consistency = math.log(h_shares / h_blocks) ** 2 / (v_shares + v_blocks)
-        se_log *= math.sqrt(max(1.0, consistency))
+        disagreement = abs(math.log(h_shares / h_blocks)) / math.sqrt(v_shares + v_blocks)
+        se_log *= max(1.0, disagreement)
     source: EstimateSource
     if len(estimates) == 2:
         source = "fused"
@@ -258,4 +407,41 @@ def nowcast_network_hashrate(
         sources=tuple(sources),
         coverage=used_coverage,
         sample_hashrate_hs=sample_hashrate_hs,
+        block_disagreement_z=disagreement,
     )
+
+
+def interval_note(assessment: CoverageAssessment | None, estimate: NetworkEstimate | None) -> str:
+    """Why the network interval is as wide as it is, in a sentence or three, for the snapshot."""
+    if estimate is None:
+        return "no estimate: neither a share sample with coverage nor blocks"
+    parts: list[str] = []
+    if assessment is not None and estimate.coverage is not None:
+        cov = assessment.coverage
+        parts.append(
+            f"coverage ĉ = {cov.sampled_work_share:.3f} [{cov.ci95[0]:.3f}, {cov.ci95[1]:.3f}]")
+        shift = assessment.shift
+        if assessment.status == "shifted" and shift is not None:
+            parts.append(
+                f"shifted: the sampled pools found {shift.recent:.3f} of the last "
+                f"{shift.recent_blocks} blocks' work against {shift.older:.3f} of the "
+                f"{shift.older_blocks} before (z = {shift.z:+.1f}), so ĉ comes from the recent "
+                "blocks only and the interval is wider")
+        elif assessment.status == "short_history":
+            parts.append(f"only {assessment.long_window.blocks} blocks: no test for a change "
+                         "of coverage yet")
+        else:
+            parts.append(
+                f"blocks weighed by exp(-age/{assessment.memory_blocks:g}) so that a drift or a "
+                "shock in unsampled pools is followed within about that many blocks; a change "
+                "younger than that is only partly in the estimate, which the interval allows for"
+                + (f" (z of the last {shift.recent_blocks} blocks against the older "
+                   f"{shift.z:+.1f})" if shift is not None else ""))
+    elif "blocks" in estimate.sources:
+        parts.append("from blocks only (no share sample or no coverage): a mean over the last "
+                     "blocks, wide")
+    z = estimate.block_disagreement_z
+    if z is not None and z > 1.0:
+        parts.append(f"the last blocks' rate and the share-based estimate differ by {z:.1f} "
+                     f"standard errors, so the interval is scaled by {z:.2f}")
+    return "; ".join(parts)

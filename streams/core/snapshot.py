@@ -29,9 +29,13 @@ from streams.core.electricity import (
 )
 from streams.core.intervals import compound_poisson_interval, poisson_interval
 from streams.core.network import (
+    DEFAULT_COVERAGE_MEMORY_BLOCKS,
+    DEFAULT_SHIFT_RECENT_BLOCKS,
+    DEFAULT_SHIFT_Z,
     BlockHashrate,
     NetworkEstimate,
-    coverage_from_blocks,
+    assess_coverage,
+    interval_note,
     nowcast_network_hashrate,
 )
 from streams.core.network_shares import (
@@ -161,6 +165,11 @@ class EstimationConfig:
     site_capacity_w: Mapping[str, float] = field(default_factory=dict)
     #: Pools that mine for another (slug → parent slug), for the pools section's grouping.
     pool_groups: Mapping[str, str] = field(default_factory=dict)
+    #: ĉ's memory (blocks weigh exp(−age/memory)) and the recent-against-older coverage test
+    #: (``streams.core.network.assess_coverage``).
+    coverage_memory_blocks: float = DEFAULT_COVERAGE_MEMORY_BLOCKS
+    coverage_shift_recent_blocks: int = DEFAULT_SHIFT_RECENT_BLOCKS
+    coverage_shift_z: float = DEFAULT_SHIFT_Z
 
 
 def implausible_pools(
@@ -264,10 +273,13 @@ def build_snapshot(
     sample_se = math.sqrt(sum(t.se_hs**2 for t in totals.values()))
     sampled_pools = {pool for (pool, _), t in totals.items() if t.difficulty_sum > 0}
 
-    coverage = None
+    assessment = None
     if chain.get("coverage_pools"):
-        coverage = coverage_from_blocks(chain["coverage_pools"],
-                                        np.asarray(chain["coverage_works"]), sampled_pools)
+        assessment = assess_coverage(
+            chain["coverage_pools"], np.asarray(chain["coverage_works"]), sampled_pools,
+            memory_blocks=config.coverage_memory_blocks,
+            recent_blocks=config.coverage_shift_recent_blocks, shift_z=config.coverage_shift_z)
+    coverage = assessment.coverage if assessment else None
     blocks = _block_hashrate(chain, config.block_window)
     network: NetworkEstimate | None = nowcast_network_hashrate(
         sample_hs if sample_hs > 0 else None, sample_se, coverage, blocks
@@ -387,6 +399,12 @@ def build_snapshot(
             "coverage_ci95": list(coverage.ci95) if coverage else None,
             # A region no sampled pool sees can only be in the unsampled part (1 − ĉ).
             "unlisted_region_share_max": 1.0 - coverage.ci95[0] if coverage else 1.0,
+            "coverage_status": assessment.status if assessment else None,
+            "coverage_long_window": (assessment.long_window.sampled_work_share
+                                     if assessment else None),
+            "coverage_shift_z": (assessment.shift.z
+                                 if assessment and assessment.shift else None),
+            "interval_note": interval_note(assessment, network),
             "sample_hashrate_hs": sample_hs,
             "power_w": _band(network_band),
             "annualized_twh": _twh(network_band),

@@ -57,12 +57,28 @@ class NetworkEntry(_Strict):
     sources: list[Literal["shares", "coverage", "blocks"]] = Field(description=(
         "The inputs used: shares and coverage (sample ÷ coverage), blocks (block-based rate)"))
     coverage: float | None = Field(description=(
-        "Sampled pools' share of the recent blocks' work (ĉ, 0..1), from block attribution; "
-        "assumes the sampled pools hash now as they did over the coverage window; null when the "
-        "chain names no pools"))
+        "Sampled pools' share of the recent blocks' work (ĉ, 0..1), from block attribution, each "
+        "block weighted by exp(−age/200 blocks) (a local-level filter, so a drifting coverage is "
+        "followed); from the last 144 blocks only when coverage_status is 'shifted'; null when "
+        "the chain names no pools"))
     coverage_ci95: Pair | None = Field(description=(
-        "Wilson 95 % interval of coverage (0..1), treating the window's blocks as independent "
-        "draws; null with coverage"))
+        "Wilson 95 % interval of coverage (0..1) on the blocks' effective number under that "
+        "weighting; null with coverage"))
+    coverage_status: Literal["stable", "shifted", "short_history"] | None = Field(description=(
+        "Whether the sampled pools' block share moved: 'stable' (the last 144 blocks agree with "
+        "the older ones; coverage weighs blocks by exp(−age/200) so that a drift or a shock in "
+        "unsampled pools is followed), 'shifted' (they differ beyond |z| 3; coverage from the "
+        "last 144 blocks only, wider), 'short_history' (too few blocks to test); null without "
+        "coverage"))
+    coverage_long_window: float | None = Field(description=(
+        "The sampled pools' share of the whole coverage window's block work (2016 blocks), "
+        "every block alike: what coverage was before it forgot old blocks (0..1)"))
+    coverage_shift_z: float | None = Field(description=(
+        "Two-proportion z of the sampled pools' share in the last 144 blocks against the older "
+        "blocks of the window (standard normal while coverage holds)"))
+    interval_note: str | None = Field(description=(
+        "Why the network interval is as wide as it is: coverage and its status, and whether the "
+        "recent block rate disagrees with the share-based estimate"))
     unlisted_region_share_max: float = Field(description=(
         "At most this share of the network (1 − coverage_ci95's lower bound; 1 without "
         "coverage) lies in regions no sampled pool sees, which the snapshot cannot list"))

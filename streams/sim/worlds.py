@@ -538,6 +538,9 @@ class Calibration:
     sample_bias: float | None = None  # share: sampled pools' mix − network's, pp
     #: Coverage of the truth's mean over the headline window instead of its value at as_of.
     window_coverage: float | None = None
+    #: Median full width of the intervals (upper − lower; relative to the truth for hashrates,
+    #: pp for shares): the typical interval a user is served, unmoved by a few very wide ones.
+    median_width: float | None = None
 
 
 def coverage_of(lower: Sequence[float | None], upper: Sequence[float | None],
@@ -587,6 +590,7 @@ def calibrate(records: Sequence[Record], kind: str, series: str,
         window_coverage=(coverage_of([r.lower for r in rows], [r.upper for r in rows],
                                      [r.window_truth for r in rows])
                          if rows and all(r.window_truth is not None for r in rows) else None),
+        median_width=float(np.nanmedian(widths)) * 2 if widths.size else None,
     )
 
 
@@ -872,14 +876,15 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
     lines.append("")
     lines.append("network nowcast (truth: network hashrate at as_of)")
     lines.append(f"  {'check':>10s} {'n':>5s} {'cover95':>8s} {'cov win':>8s} {'bias':>8s} "
-                 f"{'MAE':>7s} {'±half':>7s}")
+                 f"{'MAE':>7s} {'±half':>7s} {'med wd':>7s}")
     labels = ["all", *[f"{c / 3600:g} h" for c in report.checks]]
     for label, cal in zip(labels, report.network, strict=True):
         lines.append(f"  {label:>10s} {cal.n:5d} {_f(cal.coverage, '8.3f')} "
                      f"{_f(cal.window_coverage, '8.3f')} "
                      f"{_f(cal.bias and cal.bias * 100, '+7.2f')}% "
                      f"{_f(cal.mae and cal.mae * 100, '6.2f')}% "
-                     f"{_f(cal.mean_half_width and cal.mean_half_width * 100, '6.2f')}%")
+                     f"{_f(cal.mean_half_width and cal.mean_half_width * 100, '6.2f')}% "
+                     f"{_f(cal.median_width and cal.median_width * 100, '6.2f')}%")
     c = report.coverage
     lines.append(f"  coverage ĉ vs true c: cover95 {_f(c.coverage, '.3f')}, bias "
                  f"{_f(c.bias, '+.2f')} pp, truth {_f(c.mean_truth * 100, '.1f')} %")

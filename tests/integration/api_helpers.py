@@ -60,6 +60,8 @@ def make_snapshot(published_at: float, *, as_of: float = AS_OF) -> EstimateSnaps
     network = NetworkEntry(
         hashrate_hs=7.5e20, hashrate_ci95_hs=(7.2e20, 7.8e20), source="fused",
         sources=["shares", "coverage", "blocks"], coverage=0.41, coverage_ci95=(0.37, 0.45),
+        coverage_status="stable", coverage_long_window=0.405, coverage_shift_z=0.4,
+        interval_note="coverage 0.41 (stable)",
         unlisted_region_share_max=0.63, sample_hashrate_hs=3.1e20,
         power_w=PowerBand(lower=1.2e10, best=1.9e10, upper=3.1e10),
         annualized_twh=PowerBand(lower=105.2, best=166.6, upper=271.7),

@@ -137,6 +137,8 @@ def build_snapshot(day: Day, now: float) -> dict[str, Any]:
             "sample_hashrate_hs": 0.41 * day.hashrate_hs, "power_w": day.power_w,
             "annualized_twh": _twh(day.power_w),
             "hashprice_usd_ph_day": day.hashprice_usd_ph_day, "coverage_ci95": None,
+            "coverage_status": None, "coverage_long_window": None, "coverage_shift_z": None,
+            "interval_note": None,
             "unlisted_region_share_max": 1.0,
             "profitability_threshold_j_gh": None, "block_hashrate_hs": None,
             "block_hashrate_ci95_hs": None, "blocks_seen": 0, "tip_height": None,

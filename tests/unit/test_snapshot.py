@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,17 +62,22 @@ def _sample(extra: dict[tuple[str, str], SampleTotals] | None = None) -> MergedS
     return MergedSample(as_of=T_END, max_event_ts=T_END, windows={WINDOW: windows})
 
 
-def _build(sample: MergedSample) -> dict[str, object]:
-    config = EstimationConfig(headline_window_s=WINDOW, hardware=HARDWARE)
-    return build_snapshot(sample, _chain(), 50_000.0, config, SnapshotMemory(),
+def _build(sample: MergedSample, chain: dict[str, object] | None = None,
+           **config: Any) -> dict[str, object]:
+    estimation = EstimationConfig(headline_window_s=WINDOW, hardware=HARDWARE, **config)
+    return build_snapshot(sample, chain or _chain(), 50_000.0, estimation, SnapshotMemory(),
                           published_at=T_END + 1, stale=False)
 
 
 def test_known_world_gives_known_numbers() -> None:
-    snapshot = _build(_sample())
+    # ĉ weighs every block alike here (infinite memory), so it is exactly the pattern's 1/2
+    snapshot = _build(_sample(), coverage_memory_blocks=math.inf)
     network = snapshot["network"]
     assert network["source"] == "fused"
     assert network["coverage"] == pytest.approx(0.5, rel=1e-12)
+    assert network["coverage_long_window"] == pytest.approx(0.5, rel=1e-12)
+    assert network["coverage_status"] == "stable"
+    assert network["coverage_shift_z"] == pytest.approx(0.0, abs=0.2)
     assert network["sample_hashrate_hs"] == pytest.approx(0.5 * H, rel=1e-12)
     assert network["block_hashrate_hs"] == pytest.approx(H * 120 / 120, rel=1e-9)
     assert network["hashrate_hs"] == pytest.approx(H, rel=1e-9)
@@ -91,6 +98,27 @@ def test_known_world_gives_known_numbers() -> None:
         assert lo <= entry["share"] <= hi
     assert [s["region"] for s in snapshot["subdivisions"]] == ["CN-SC", "US-TX"]
     assert next(r for r in snapshot["regions"] if r["region"] == "US")["subdivisions"] == ["US-TX"]
+
+
+def test_the_snapshot_says_when_coverage_moved_and_widens() -> None:
+    steady = _build(_sample())
+    network = steady["network"]
+    assert network["coverage_status"] == "stable"
+    assert network["coverage"] == pytest.approx(0.5, abs=0.02)  # discounted, within a pattern
+    assert "exp(-age/200)" in network["interval_note"]
+    # the sampled pools find 1 in 4 of the last 144 blocks, not 1 in 2: their share fell
+    chain = _chain()
+    chain["coverage_pools"] = [*chain["coverage_pools"][:-144],
+                               *(["foundry-usa"] + ["f2pool"] * 3) * 36]
+    moved = _build(_sample(), chain)["network"]
+    assert moved["coverage_status"] == "shifted"
+    assert moved["coverage_shift_z"] < -3.0
+    assert moved["coverage_long_window"] < 0.5
+    assert moved["coverage"] == pytest.approx(0.25)
+    assert moved["interval_note"].startswith("coverage ĉ = 0.250")
+    assert "shifted" in moved["interval_note"]
+    width = [n["hashrate_ci95_hs"][1] / n["hashrate_ci95_hs"][0] for n in (network, moved)]
+    assert width[1] > width[0]
 
 
 def test_a_pool_claiming_the_impossible_is_set_aside_and_named() -> None:
@@ -197,3 +225,15 @@ def test_partials_carry_account_concentration_through_the_merge() -> None:
         (partial, {**partial, "concentration": [["p", "US", 0.1, 1.0, 0.0]]}, older_worker)])
     assert merged is not None
     assert merged.concentration == {("p", "US"): pytest.approx((0.6, 2.0, 2.0))}
+
+
+def test_the_api_model_keeps_the_coverage_fields() -> None:
+    """GET /v1/estimates/current serialises through EstimateSnapshot: the fields that say why
+    the network interval is as wide as it is must survive it."""
+    from streams.models.snapshot import EstimateSnapshot
+
+    snapshot = _build(_sample())
+    served = EstimateSnapshot.model_validate(snapshot).model_dump()["network"]
+    for key in ("coverage_status", "coverage_long_window", "coverage_shift_z", "interval_note"):
+        assert served[key] == snapshot["network"][key]  # type: ignore[index]
+    assert served["coverage_status"] == "stable"

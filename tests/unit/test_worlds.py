@@ -76,12 +76,19 @@ def test_calibrate_bias_and_width_of_a_biased_toy_share_estimator() -> None:
     assert cal.coverage == 0.0
     assert cal.bias == pytest.approx(1.0)
     assert cal.mean_half_width == pytest.approx(0.5)
+    assert cal.median_width == pytest.approx(1.0)  # full width, pp
     assert cal.sample_bias == pytest.approx(0.0)
     # Hashrates: relative units; estimate 10 % low with a ±20 % interval: always covers.
     hs = [W.Record(0, 0.0, "US", "hashrate", 0.9 * h, 0.7 * h, 1.1 * h, h)
           for h in np.linspace(1e18, 2e18, 10)]
     cal = W.calibrate(hs, "hashrate", "US")
     assert (cal.coverage, cal.bias, cal.mean_half_width) == pytest.approx((1.0, -0.1, 0.2))
+    assert cal.median_width == pytest.approx(0.4)  # full width relative to the truth
+    # The median is the typical interval: one very wide interval moves the mean, not it.
+    wide = [*hs, W.Record(0, 0.0, "US", "hashrate", 1e18, 0.0, 1e20, 1e18)]
+    cal = W.calibrate(wide, "hashrate", "US")
+    assert cal.median_width == pytest.approx(0.4)
+    assert cal.mean_half_width > 4.0
 
 
 # ---- offline path = the worker's path ---------------------------------------------------------
