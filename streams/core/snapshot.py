@@ -33,6 +33,8 @@ from streams.core.network import (
     DEFAULT_SHIFT_RECENT_BLOCKS,
     DEFAULT_SHIFT_Z,
     BlockHashrate,
+    Coverage,
+    CoverageAssessment,
     NetworkEstimate,
     assess_coverage,
     interval_note,
@@ -251,86 +253,116 @@ def _threshold(
     return float(profitability_threshold_j_gh(revenue_usd_day, network_hs / 1e12))
 
 
-def build_snapshot(
-    sample: MergedSample,
-    chain: Mapping[str, Any] | None,
-    btc_usd: float | None,
-    config: EstimationConfig,
-    memory: SnapshotMemory,
-    *,
-    published_at: float,
-    stale: bool,
-) -> dict[str, Any]:
-    """The snapshot JSON for the headline window (``streams.models.snapshot.EstimateSnapshot``
-    describes every field; the leader adds ``inputs``)."""
-    chain = chain or {"blocks": 0}
+@dataclass(frozen=True)
+class _NetworkView:
+    """The network-level results of one snapshot, which the regional entries build on."""
+
+    sample_hs: float
+    sampled_pools: set[str]
+    assessment: CoverageAssessment | None
+    blocks: BlockHashrate | None
+    network: NetworkEstimate | None
+    threshold: float | None
+    band: PowerBand | None
+    hashprice: float | None
+
+    @property
+    def coverage(self) -> Coverage | None:
+        return self.assessment.coverage if self.assessment else None
+
+
+def _headline_totals(sample: MergedSample, chain: Mapping[str, Any], config: EstimationConfig
+                     ) -> tuple[dict[Key, SampleTotals], dict[str, float]]:
+    """The headline window's totals without the pools their own blocks prove implausible."""
     totals = {key: t for key, t in sample.windows.get(config.headline_window_s, {}).items()
               if t.effective_seconds > 0}
     flagged = implausible_pools(totals, chain, config.plausibility_factor,
                                 config.plausibility_min_blocks)
-    totals = {key: t for key, t in totals.items() if key[0] not in flagged}
+    return {key: t for key, t in totals.items() if key[0] not in flagged}, flagged
+
+
+def _hashprice(chain: Mapping[str, Any], btc_usd: float | None, network_hs: float
+               ) -> float | None:
+    if btc_usd is None or network_hs <= 0 or not chain.get("blocks"):
+        return None
+    blocks_per_day = network_hs * SECONDS_PER_DAY / (chain["difficulty"] * HASHES_PER_DIFFICULTY)
+    return hashprice_usd_ph_day(
+        block_subsidy_sat(int(chain["tip_height"]) + 1), chain.get("mean_fees_sat") or 0.0,
+        blocks_per_day, btc_usd, network_hs)
+
+
+def _network_view(sample: MergedSample, totals: Mapping[Key, SampleTotals],
+                  chain: Mapping[str, Any], btc_usd: float | None, config: EstimationConfig,
+                  memory: SnapshotMemory) -> _NetworkView:
+    """Coverage, the fused nowcast, the profitability threshold, the power band, hashprice."""
     sample_hs = float(sum(t.hashrate_hs for t in totals.values()))
     sample_se = math.sqrt(sum(t.se_hs**2 for t in totals.values()))
     sampled_pools = {pool for (pool, _), t in totals.items() if t.difficulty_sum > 0}
-
     assessment = None
     if chain.get("coverage_pools"):
         assessment = assess_coverage(
             chain["coverage_pools"], np.asarray(chain["coverage_works"]), sampled_pools,
             memory_blocks=config.coverage_memory_blocks,
             recent_blocks=config.coverage_shift_recent_blocks, shift_z=config.coverage_shift_z)
-    coverage = assessment.coverage if assessment else None
     blocks = _block_hashrate(chain, config.block_window)
-    network: NetworkEstimate | None = nowcast_network_hashrate(
-        sample_hs if sample_hs > 0 else None, sample_se, coverage, blocks
-    )
+    network = nowcast_network_hashrate(sample_hs if sample_hs > 0 else None, sample_se,
+                                       assessment.coverage if assessment else None, blocks)
     network_hs = network.hashrate_hs if network else 0.0
-
     threshold_now = _threshold(chain, btc_usd, network_hs)
     threshold = (memory.smoothed_threshold(threshold_now, sample.as_of)
                  if threshold_now is not None else None)
-    network_band = (power_band_w(network_hs, threshold, config.hardware, sample.as_of,
-                                 config.method) if threshold is not None else None)
-    hashprice = None
-    if btc_usd is not None and network_hs > 0 and chain.get("blocks"):
-        blocks_per_day = network_hs * SECONDS_PER_DAY / (
-            chain["difficulty"] * HASHES_PER_DIFFICULTY)
-        hashprice = hashprice_usd_ph_day(
-            block_subsidy_sat(int(chain["tip_height"]) + 1), chain.get("mean_fees_sat") or 0.0,
-            blocks_per_day, btc_usd, network_hs,
-        )
+    band = (power_band_w(network_hs, threshold, config.hardware, sample.as_of, config.method)
+            if threshold is not None else None)
+    return _NetworkView(sample_hs, sampled_pools, assessment, blocks, network, threshold, band,
+                        _hashprice(chain, btc_usd, network_hs))
 
-    pool_weights = None
-    if config.weighting == "pool_weighted":
-        pool_weights = {p: float(w) for p, w in chain.get("pool_work", {}).items()}
-    countries = region_shares(totals, weighting=config.weighting, pool_weights=pool_weights,
-                              suspect_regions=config.suspect_regions, level="country")
-    subdivisions = {code: entry for code, entry in region_shares(
-        totals, weighting=config.weighting, pool_weights=pool_weights,
-        suspect_regions=config.suspect_regions, level="subdivision").items()
-        if is_subdivision(code)}
-    context = network_context(chain, coverage.sampled_work_share if coverage else None,
-                              coverage.ci95 if coverage else None, sampled_pools,
-                              sample.concentration)
-    countries, country_parts = network_share_intervals(
-        countries, totals, context, level="country", weighting=config.weighting)
-    subdivisions, subdivision_parts = network_share_intervals(
-        subdivisions, totals, context, level="subdivision", weighting=config.weighting)
 
-    # Each region's totals, and each country's (its own and its subdivisions'), in one pass:
-    # sample_interval runs for every region entry.
-    by_region: dict[str, list[SampleTotals]] = {}
-    by_country: dict[str, list[SampleTotals]] = {}
-    for (_, region), t in totals.items():
-        by_region.setdefault(region, []).append(t)
-        by_country.setdefault(country_of(region), []).append(t)
+def _network_entry(view: _NetworkView, chain: Mapping[str, Any], flagged: Mapping[str, float]
+                   ) -> dict[str, Any]:
+    network, coverage, assessment, blocks = (view.network, view.coverage, view.assessment,
+                                             view.blocks)
+    return {
+        "hashrate_hs": network.hashrate_hs if network else None,
+        "hashrate_ci95_hs": list(network.ci95_hs) if network else None,
+        "source": network.source if network else "none",
+        "sources": list(network.sources) if network else [],
+        "coverage": coverage.sampled_work_share if coverage else None,
+        "coverage_ci95": list(coverage.ci95) if coverage else None,
+        # A region no sampled pool sees can only be in the unsampled part (1 − ĉ).
+        "unlisted_region_share_max": 1.0 - coverage.ci95[0] if coverage else 1.0,
+        "coverage_status": assessment.status if assessment else None,
+        "coverage_long_window": (assessment.long_window.sampled_work_share
+                                 if assessment else None),
+        "coverage_shift_z": assessment.shift.z if assessment and assessment.shift else None,
+        "interval_note": interval_note(assessment, network),
+        "sample_hashrate_hs": view.sample_hs,
+        "power_w": _band(view.band),
+        "annualized_twh": _twh(view.band),
+        "hashprice_usd_ph_day": view.hashprice,
+        "profitability_threshold_j_gh": view.threshold,
+        "block_hashrate_hs": blocks.hashrate_hs if blocks else None,
+        "block_hashrate_ci95_hs": list(blocks.ci95_hs) if blocks else None,
+        "blocks_seen": int(chain.get("blocks", 0)),
+        "tip_height": chain.get("tip_height"),
+        "implausible_pools": {pool: round(ratio, 3) for pool, ratio in flagged.items()},
+    }
 
-    def sample_interval(code: str) -> list[float] | None:
-        """Exact (compound-Poisson) interval of the region's own sample, over its pools.
 
-        Pools still warming up have shorter T_eff: each is rescaled to the longest T_eff so the
-        summed totals keep the mean and variance of the summed hashrates."""
-        parts = (by_region if is_subdivision(code) else by_country).get(code)
+class _SampleIntervals:
+    """Exact (compound-Poisson) interval of each region's own sample, over its pools; a
+    country's covers its subdivisions. Totals are grouped once: it runs for every entry."""
+
+    def __init__(self, totals: Mapping[Key, SampleTotals]) -> None:
+        self.by_region: dict[str, list[SampleTotals]] = {}
+        self.by_country: dict[str, list[SampleTotals]] = {}
+        for (_, region), t in totals.items():
+            self.by_region.setdefault(region, []).append(t)
+            self.by_country.setdefault(country_of(region), []).append(t)
+
+    def of(self, code: str) -> list[float] | None:
+        """Pools still warming up have shorter T_eff: each is rescaled to the longest T_eff so
+        the summed totals keep the mean and variance of the summed hashrates."""
+        parts = (self.by_region if is_subdivision(code) else self.by_country).get(code)
         if not parts:
             return None
         longest = max(t.effective_seconds for t in parts)
@@ -344,45 +376,97 @@ def build_snapshot(
         )
         return list(combined.ci95_hs())
 
-    def entries(shares: Mapping[str, RegionShare],
-                parts: Mapping[str, ShareUncertainty]) -> list[dict[str, Any]]:
-        if network is None:
-            hashrates = {}
-            bands: dict[str, PowerBand] = {}
-        else:
-            hashrates = regional_hashrates(shares, network.hashrate_hs, network.ci95_hs)
-            bands = (regional_power_bands(
-                {code: h.hashrate_hs for code, h in hashrates.items()}, threshold,
-                hardware=config.hardware, at_unix=sample.as_of, prices=config.prices_usd_kwh,
-                default_price=config.default_price_usd_kwh, method=config.method,
-            ) if threshold is not None else {})
-        out = []
-        for code in sorted(shares, key=lambda c: -shares[c].share):
-            share = shares[code]
-            regional = hashrates.get(code)
-            band = bands.get(code)
-            out.append({
-                "region": code,
-                "name": region_name(code),
-                "share": share.share,
-                "share_ci95": list(share.share_ci95),
-                "sampling_ci95": list(share.sampling_ci95 or share.share_ci95),
-                "share_se_parts": {
-                    "sampling": parts[code].sampling, "pool_weights": parts[code].pool_weights,
-                    "heterogeneity": parts[code].heterogeneity,
-                    "clustering": parts[code].clustering},
-                "hashrate_hs": regional.hashrate_hs if regional else None,
-                "hashrate_ci95_hs": list(regional.hashrate_ci95_hs) if regional else None,
-                "sample_hashrate_hs": share.sample_hashrate_hs,
-                "sample_hashrate_ci95_hs": sample_interval(code),
-                "power_w": _band(band),
-                "annualized_twh": _twh(band),
-                "electricity_usd_kwh": region_price(code, config.prices_usd_kwh,
-                                                    config.default_price_usd_kwh),
-                "subdivisions": sorted(s for s in subdivisions if country_of(s) == code),
-            })
-        return out
 
+@dataclass(frozen=True)
+class _RegionalShares:
+    countries: dict[str, RegionShare]
+    country_parts: dict[str, ShareUncertainty]
+    subdivisions: dict[str, RegionShare]
+    subdivision_parts: dict[str, ShareUncertainty]
+
+
+def _regional_shares(totals: Mapping[Key, SampleTotals], chain: Mapping[str, Any],
+                     config: EstimationConfig, view: _NetworkView,
+                     concentration: Mapping[Key, tuple[float, float, float]]) -> _RegionalShares:
+    """Country and subdivision shares with their network-share intervals."""
+    pool_weights = None
+    if config.weighting == "pool_weighted":
+        pool_weights = {p: float(w) for p, w in chain.get("pool_work", {}).items()}
+    countries = region_shares(totals, weighting=config.weighting, pool_weights=pool_weights,
+                              suspect_regions=config.suspect_regions, level="country")
+    subdivisions = {code: entry for code, entry in region_shares(
+        totals, weighting=config.weighting, pool_weights=pool_weights,
+        suspect_regions=config.suspect_regions, level="subdivision").items()
+        if is_subdivision(code)}
+    coverage = view.coverage
+    context = network_context(chain, coverage.sampled_work_share if coverage else None,
+                              coverage.ci95 if coverage else None, view.sampled_pools,
+                              concentration)
+    countries, country_parts = network_share_intervals(
+        countries, totals, context, level="country", weighting=config.weighting)
+    subdivisions, subdivision_parts = network_share_intervals(
+        subdivisions, totals, context, level="subdivision", weighting=config.weighting)
+    return _RegionalShares(dict(countries), dict(country_parts), dict(subdivisions),
+                           dict(subdivision_parts))
+
+
+def _region_entries(shares: Mapping[str, RegionShare], parts: Mapping[str, ShareUncertainty],
+                    subdivisions: Iterable[str], view: _NetworkView, config: EstimationConfig,
+                    intervals: _SampleIntervals, as_of: float) -> list[dict[str, Any]]:
+    """One entry per region, largest share first: share, intervals, hashrate, power."""
+    network, threshold = view.network, view.threshold
+    hashrates = (regional_hashrates(shares, network.hashrate_hs, network.ci95_hs)
+                 if network is not None else {})
+    bands: dict[str, PowerBand] = (regional_power_bands(
+        {code: h.hashrate_hs for code, h in hashrates.items()}, threshold,
+        hardware=config.hardware, at_unix=as_of, prices=config.prices_usd_kwh,
+        default_price=config.default_price_usd_kwh, method=config.method,
+    ) if network is not None and threshold is not None else {})
+    subdivision_codes = sorted(subdivisions)
+    out = []
+    for code in sorted(shares, key=lambda c: -shares[c].share):
+        share, part = shares[code], parts[code]
+        regional, band = hashrates.get(code), bands.get(code)
+        out.append({
+            "region": code,
+            "name": region_name(code),
+            "share": share.share,
+            "share_ci95": list(share.share_ci95),
+            "sampling_ci95": list(share.sampling_ci95 or share.share_ci95),
+            "share_se_parts": {"sampling": part.sampling, "pool_weights": part.pool_weights,
+                               "heterogeneity": part.heterogeneity,
+                               "clustering": part.clustering},
+            "hashrate_hs": regional.hashrate_hs if regional else None,
+            "hashrate_ci95_hs": list(regional.hashrate_ci95_hs) if regional else None,
+            "sample_hashrate_hs": share.sample_hashrate_hs,
+            "sample_hashrate_ci95_hs": intervals.of(code),
+            "power_w": _band(band),
+            "annualized_twh": _twh(band),
+            "electricity_usd_kwh": region_price(code, config.prices_usd_kwh,
+                                                config.default_price_usd_kwh),
+            "subdivisions": [s for s in subdivision_codes if country_of(s) == code],
+        })
+    return out
+
+
+def build_snapshot(
+    sample: MergedSample,
+    chain: Mapping[str, Any] | None,
+    btc_usd: float | None,
+    config: EstimationConfig,
+    memory: SnapshotMemory,
+    *,
+    published_at: float,
+    stale: bool,
+) -> dict[str, Any]:
+    """The snapshot JSON for the headline window (``streams.models.snapshot.EstimateSnapshot``
+    describes every field; the leader adds ``inputs``)."""
+    chain = chain or {"blocks": 0}
+    totals, flagged = _headline_totals(sample, chain, config)
+    view = _network_view(sample, totals, chain, btc_usd, config, memory)
+    shares = _regional_shares(totals, chain, config, view, sample.concentration)
+    intervals = _SampleIntervals(totals)
+    network = view.network
     snapshot: dict[str, Any] = {
         "type": "estimate",
         "as_of": sample.as_of,
@@ -390,34 +474,12 @@ def build_snapshot(
         "window_s": config.headline_window_s,
         "stale": stale,
         "max_event_ts": sample.max_event_ts,
-        "network": {
-            "hashrate_hs": network.hashrate_hs if network else None,
-            "hashrate_ci95_hs": list(network.ci95_hs) if network else None,
-            "source": network.source if network else "none",
-            "sources": list(network.sources) if network else [],
-            "coverage": coverage.sampled_work_share if coverage else None,
-            "coverage_ci95": list(coverage.ci95) if coverage else None,
-            # A region no sampled pool sees can only be in the unsampled part (1 − ĉ).
-            "unlisted_region_share_max": 1.0 - coverage.ci95[0] if coverage else 1.0,
-            "coverage_status": assessment.status if assessment else None,
-            "coverage_long_window": (assessment.long_window.sampled_work_share
-                                     if assessment else None),
-            "coverage_shift_z": (assessment.shift.z
-                                 if assessment and assessment.shift else None),
-            "interval_note": interval_note(assessment, network),
-            "sample_hashrate_hs": sample_hs,
-            "power_w": _band(network_band),
-            "annualized_twh": _twh(network_band),
-            "hashprice_usd_ph_day": hashprice,
-            "profitability_threshold_j_gh": threshold,
-            "block_hashrate_hs": blocks.hashrate_hs if blocks else None,
-            "block_hashrate_ci95_hs": list(blocks.ci95_hs) if blocks else None,
-            "blocks_seen": int(chain.get("blocks", 0)),
-            "tip_height": chain.get("tip_height"),
-            "implausible_pools": {pool: round(ratio, 3) for pool, ratio in flagged.items()},
-        },
-        "regions": entries(countries, country_parts),
-        "subdivisions": entries(subdivisions, subdivision_parts),
+        "network": _network_entry(view, chain, flagged),
+        "regions": _region_entries(shares.countries, shares.country_parts, shares.subdivisions,
+                                   view, config, intervals, sample.as_of),
+        "subdivisions": _region_entries(shares.subdivisions, shares.subdivision_parts,
+                                        shares.subdivisions, view, config, intervals,
+                                        sample.as_of),
         "pools": pools_section(sample.as_of, sample.windows, chain,
                                network.hashrate_hs if network else None,
                                network.ci95_hs if network else None, btc_usd, memory.pools,
