@@ -869,10 +869,9 @@ def _f(value: float | None, fmt: str) -> str:
         else format(value, fmt)
 
 
-def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
-    lines = [f"scenario {report.scenario}: {report.worlds} worlds (seed {report.seed}), checks at "
-             + ", ".join(f"{c / 3600:g} h" for c in report.checks)
-             + f"; {report.seconds:.0f} s"]
+def _network_lines(report: WorldsReport) -> list[str]:
+    """The network nowcast's calibration per check, coverage ĉ and the block hashrate."""
+    lines: list[str] = []
     lines.append("")
     lines.append("network nowcast (truth: network hashrate at as_of)")
     lines.append(f"  {'check':>10s} {'n':>5s} {'cover95':>8s} {'cov win':>8s} {'bias':>8s} "
@@ -893,6 +892,12 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
         lines.append(f"  block hashrate (120 blocks) vs true mean over its span: cover95 "
                      f"{_f(b.coverage, '.3f')}, bias {_f(b.bias and b.bias * 100, '+.2f')} %, "
                      f"±{_f(b.mean_half_width and b.mean_half_width * 100, '.1f')} %")
+    return lines
+
+
+def _region_lines(report: WorldsReport, max_regions: int) -> list[str]:
+    """Per region: share and hashrate calibration; pooled and by band of true share."""
+    lines: list[str] = []
     lines.append("")
     lines.append("regions: share_ci95 vs true network share; hashrate_ci95_hs vs true hashrate")
     lines.append(f"  {'region':7s} {'share%':>7s} {'n':>5s} {'miss':>4s} {'cov':>6s} {'covW':>6s} "
@@ -926,6 +931,12 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
                          f"{_f(band['served_coverage'], '6.3f')} "
                          f"{_f(band['unlisted_coverage'], '6.3f')} "
                          f"{_f(half and half * 100, '7.3f')}")
+    return lines
+
+
+def _window_and_detection_lines(report: WorldsReport) -> list[str]:
+    """Window-edge bias per pool, and shift detection per shock."""
+    lines: list[str] = []
     if report.windows:
         lines.append("")
         lines.append("window edges: each sampled pool's windowed hashrate vs its true mean "
@@ -948,6 +959,16 @@ def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
                 median = found[len(found) // 2] if found else None
                 lines.append(f"  {name:28s} own region, {phase}: caught {row['caught']} of "
                              f"{row['runs']}, median delay {_f(median, '.0f')} min")
+    return lines
+
+
+def format_worlds_report(report: WorldsReport, max_regions: int = 40) -> str:
+    lines = [f"scenario {report.scenario}: {report.worlds} worlds (seed {report.seed}), checks at "
+             + ", ".join(f"{c / 3600:g} h" for c in report.checks)
+             + f"; {report.seconds:.0f} s"]
+    lines += _network_lines(report)
+    lines += _region_lines(report, max_regions)
+    lines += _window_and_detection_lines(report)
     lines.extend(report.notes)
     return "\n".join(lines)
 
