@@ -10,7 +10,9 @@ time = wall time, keyed by pool) and polls the API a few times a second, as a da
 Event time first runs compressed: the feed starts `--backlog-hours` (default 24) behind the wall
 clock and its event time advances `--speed` times faster than wall time (default 96: 24 h in
 15 min) until it reaches the wall clock, then at wall time. So the longest window (24 h) fills
-within minutes and the rest of the run is the steady state. The warm-up (that catch-up plus
+within minutes and the rest of the run is the steady state. While it catches up the feed sends
+`--catch-up-share-rate` and `--catch-up-batch-rate` events/s (each share then lands in a bucket
+of its own, and the compactor writes about a batch per share). The warm-up (that catch-up plus
 `--warmup-minutes`) is left out of the verdicts. Every `--every` seconds it samples:
 
 - RSS of the compactor, the worker and the API (/proc VmRSS);
