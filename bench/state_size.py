@@ -12,6 +12,8 @@ of event time through them and measures, after each day:
 - the checkpoint (compressed, as in the changelog and Faust's table) and the peak of Python
   memory while it is built (tracemalloc), per series;
 - the partial written to Redis every tick;
+- the CPU of a checkpoint (every `checkpoint_interval_s`) and of a partial (every
+  `snapshot_interval_s`), per series;
 - this process's RSS.
 
     .venv/bin/python bench/state_size.py [--series 600]
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from streams.settings import Settings
 
 DAY_S = 86_400.0
 HOUR_S = 3_600.0
+REPEATS = 5
 
 
 def series_names(count: int) -> list[tuple[str, str]]:
@@ -77,6 +82,14 @@ def measure(state: ShareBatchPartition, names: list[tuple[str, str]], t_eval: fl
     tracemalloc.stop()
     partial = orjson.dumps(state.partial(t_eval, settings.windows_s))
     series = len(names)
+    started = time.process_time()
+    for _ in range(REPEATS):
+        state.checkpoint()
+    checkpoint_cpu_s = (time.process_time() - started) / REPEATS
+    started = time.process_time()
+    for _ in range(REPEATS):
+        orjson.dumps(state.partial(t_eval, settings.windows_s))
+    partial_cpu_s = (time.process_time() - started) / REPEATS
     return {
         "series": windows.key_count, "rows_allocated": capacity,
         "slots_held": windows.stored_buckets(),
@@ -85,7 +98,9 @@ def measure(state: ShareBatchPartition, names: list[tuple[str, str]], t_eval: fl
         "checkpoint_bytes_per_series": len(checkpoint) / series,
         "checkpoint_build_peak_bytes_per_series": peak / series,
         "partial_bytes_per_series": len(partial) / series,
-        "rss_mib": rss_mb(__import__("os").getpid())[0],
+        "checkpoint_cpu_us_per_series": checkpoint_cpu_s / series * 1e6,
+        "partial_cpu_us_per_series": partial_cpu_s / series * 1e6,
+        "rss_mib": rss_mb(os.getpid())[0],
     }
 
 
@@ -108,7 +123,8 @@ def main() -> None:
         rows.append([day, *figures.values()])
     print_table(f"state of {args.series} series after each day of event time",
                 ["day", "series", "rows alloc", "slots held", "ring B/row", "ring B/series",
-                 "checkpoint B/series", "build peak B/series", "partial B/series", "RSS MiB"],
+                 "checkpoint B/series", "build peak B/series", "partial B/series",
+                 "checkpoint µs/series", "partial µs/series", "RSS MiB"],
                 rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
