@@ -15,6 +15,11 @@ Internals used, and why:
   event context that ``table[key] = value`` needs.
 - ``Consumer._commit(offsets)`` (``FaustInput.commit``): the public ``commit()`` takes no
   offsets; this commits the given ones (assigned partitions only).
+- ``Consumer._gap`` (``forget_offset_gaps``, after each commit): Faust notes every jump in a
+  partition's offsets (a transaction marker: one per compactor flush and partition) in an
+  interval tree that only its own commit prunes, merging the whole tree on each new one. The
+  worker commits by itself, so the trees grew for good (#18: seen with tracemalloc in the soak);
+  nothing else reads them.
 - ``TableManager.recovery.active_remaining_total()`` (``recovery_remaining``): how many
   changelog records the recovery still has to read, to tell a stalled recovery from a long one.
 - ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
@@ -74,6 +79,8 @@ class FaustInput:
         """Commit these partitions' offsets (the next offset to read)."""
         tps = {TP(self.topic_name, partition): offset for partition, offset in offsets.items()}
         committed: bool = await self.app.consumer._commit(tps)  # type: ignore[attr-defined]
+        if committed:
+            forget_offset_gaps(self.app.consumer, tps)
         return committed
 
     async def seek(self, partition: int, offset: int) -> None:
@@ -88,6 +95,13 @@ class FaustInput:
 
     async def send(self, topic: str, body: bytes) -> None:
         await self.app.producer.send(topic, None, body, None, None, None)
+
+
+def forget_offset_gaps(consumer: Any, committed: Iterable[TP]) -> None:
+    """Drop Faust's record of the offsets its consumer jumped over in these partitions."""
+    gaps = consumer._gap
+    for tp in committed:
+        gaps.pop(tp, None)
 
 
 def checkpoint_key(partition: int) -> bytes:

@@ -289,7 +289,7 @@ class ShareBatchPartition:
         return encode_checkpoint({
             "next_offset": self.next_offset,
             "max_event_ts": self.max_event_ts,
-            "windows": self.windows.to_state(),
+            "windows": self.windows.to_state(arrays=True),
             "concentration": self.concentration.to_state(),
         })
 
