@@ -35,7 +35,7 @@ lint: install
 
 bench: install
 	$(BIN)/hashatlas stack up
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 down:
 	$(BIN)/hashatlas stack down

@@ -20,7 +20,7 @@ other processes on the machine falls on both alike; the median round is reported
 Prints a table and writes bench/results/api_latency.json. Targets: API ≥ 70% of bare requests/s,
 p99 < 10 ms at 1,000 req/s. Traffic goes to 127.0.0.1 only; every phase is bounded in time.
 
-    .venv/bin/python bench/api_latency.py [--duration 10] [--rounds 3] [--rate 1000]
+    .venv/bin/python -m bench.api_latency [--duration 10] [--rounds 3] [--rate 1000]
 """
 
 from __future__ import annotations
@@ -48,10 +48,7 @@ import numpy as np
 from fastapi import FastAPI
 from starlette.responses import Response
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from streams.models.snapshot import (  # noqa: E402  (the path above makes the project importable)
+from streams.models.snapshot import (
     EstimateSnapshot,
     HashpriceSummary,
     NetworkEntry,
@@ -60,7 +57,9 @@ from streams.models.snapshot import (  # noqa: E402  (the path above makes the p
     RegionEntry,
     ShareSeParts,
 )
-from streams.rediskeys import RedisKeys  # noqa: E402
+from streams.rediskeys import RedisKeys
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS_FILE = PROJECT_ROOT / "bench" / "results" / "api_latency.json"
 BODY_FILE_ENV = "HASHATLAS_BENCH_BODY_FILE"

@@ -6,7 +6,7 @@ default 15%, per figure with --tolerance-for KEY=FRACTION). A figure the baselin
 new file lacks counts as a regression too. The baseline defaults to the committed file
 (`git show HEAD:bench/results/latest.json`); a quick run is never compared with a full one.
 
-    .venv/bin/python bench/check_regression.py [NEW] [--baseline FILE] [--tolerance 0.15]
+    .venv/bin/python -m bench.check_regression [NEW] [--baseline FILE] [--tolerance 0.15]
         [--tolerance-for freshness_p99_s_at_10k=0.3] [--require-baseline]
 
 Exit codes: 0 no regression (or no baseline, unless --require-baseline), 1 regression,

@@ -39,23 +39,21 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # the tests package is not installed, only importable
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from streams.kafka import client_options  # noqa: E402
-from streams.rediskeys import RedisKeys  # noqa: E402
-from streams.settings import Partitions, Settings, Topics  # noqa: E402
-from streams.topics import create_topics  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.integration.pipeline_helpers import (  # noqa: E402
+from streams.kafka import client_options
+from streams.rediskeys import RedisKeys
+from streams.settings import Partitions, Settings, Topics
+from streams.topics import create_topics
+from tests.conftest import free_port
+from tests.integration.pipeline_helpers import (
     Compactor,
     Worker,
 )
 
 # End offsets as the pipeline tests read them, re-exported for the benchmarks.
-from tests.integration.pipeline_helpers import data_ends as data_ends  # noqa: E402
-from tests.integration.pipeline_helpers import topic_ends as topic_ends  # noqa: E402
+from tests.integration.pipeline_helpers import data_ends as data_ends
+from tests.integration.pipeline_helpers import topic_ends as topic_ends
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 WORK_ROOT = Path(tempfile.gettempdir()) / "hashatlas-bench"

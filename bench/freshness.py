@@ -17,7 +17,7 @@ here (default: the production defaults, 0.5 s each) and reported with the result
 not fresher on 2 cores: at 0.25 s the worker spends most of a core building partials and
 snapshots, and events wait behind that work.
 
-    .venv/bin/python bench/freshness.py [--rates 1000 10000 50000] [--duration 30]
+    .venv/bin/python -m bench.freshness [--rates 1000 10000 50000] [--duration 30]
         [--compact-interval 0.5] [--snapshot-interval 0.5] [--quick] [--profile]
 
 Prints a table and writes bench/results/freshness.json.
@@ -28,15 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     POOLS,

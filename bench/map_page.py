@@ -11,7 +11,7 @@ each of --loads loads of ``/`` runs with the browser cache disabled and records
 Prints the medians and writes bench/results/map_page.json. Traffic goes to the given URL only
 (keep it on 127.0.0.1); bounded by --loads.
 
-    .venv/bin/python bench/map_page.py --url http://127.0.0.1:8000/ [--loads 7]
+    .venv/bin/python -m bench.map_page --url http://127.0.0.1:8000/ [--loads 7]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ full state), and reads the kernel's peak (VmHWM) before stopping them. The worke
 after it is ready (no state yet) is the baseline. The worker's CPU during the hold (no input)
 is what its periodic partials, snapshots and checkpoints cost with that many keys.
 
-    .venv/bin/python bench/memory.py [--workers 1000000] [--shares 2000000] [--regions 200]
+    .venv/bin/python -m bench.memory [--workers 1000000] [--shares 2000000] [--regions 200]
                                      [--span 900] [--quick]
 
 Prints a table and writes bench/results/memory.json.
@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     POOLS,

@@ -14,7 +14,7 @@ and reports the RMSE and mean of the log error of each, their ratio and the 95% 
 Two scenarios: the step scales every pool alike (coverage constant, the design case), and the step
 happens only outside the sampled pools (coverage jumps, ĉ lags: the known weak spot).
 
-Run: `.venv/bin/python bench/nowcast_accuracy.py [--paths N] [--seed S]`
+Run: `.venv/bin/python -m bench.nowcast_accuracy [--paths N] [--seed S]`
 (writes bench/results/nowcast_accuracy.json). The unit tests import `simulate_path` and
 `evaluate_paths` from this file so that the benchmark and the test measure the same thing.
 """

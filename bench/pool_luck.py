@@ -12,7 +12,7 @@ Reports:
 - after how many blocks a proxy that sees half of a pool is flagged, the ledger starting with the
   proxy (as after a restart): median and 90th percentile over seeds, per pool size.
 
-Run: `.venv/bin/python bench/pool_luck.py [--seeds N] [--days N] [--out DIR]`
+Run: `.venv/bin/python -m bench.pool_luck [--seeds N] [--days N] [--out DIR]`
 (writes DIR/pool_luck.json).
 """
 

@@ -8,7 +8,7 @@ exit code is then non-zero. --quick scales every bench down to a functional chec
 minutes and writes everything under bench/results/quick/ instead, so a quick run never replaces
 full figures (nor is compared with them).
 
-    .venv/bin/python bench/run_all.py [--quick] [--only throughput freshness ...]
+    .venv/bin/python -m bench.run_all [--quick] [--only throughput freshness ...]
 
 `make bench` runs it in full.
 """
@@ -21,10 +21,7 @@ import math
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PROJECT_ROOT, machine, print_table, results_dir
 
@@ -58,12 +55,12 @@ FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def command(bench: str, quick: bool) -> list[str]:
-    script = str(PROJECT_ROOT / "bench" / f"{bench}.py")
+    script = ["-m", f"bench.{bench}"]  # run from the project root (cwd), as a module
     if bench == "api_latency":
         output = ["--output", str(results_dir(quick) / "api_latency.json")]
-        return [sys.executable, script, *output,
+        return [sys.executable, *script, *output,
                 *(["--duration", "3", "--rounds", "1"] if quick else [])]
-    return [sys.executable, script, *(["--quick"] if quick else [])]
+    return [sys.executable, *script, *(["--quick"] if quick else [])]
 
 
 def figure(results: dict[str, Any], source: str, path: tuple[str, ...]) -> float | None:

@@ -11,7 +11,7 @@ The capacity plan then takes the measured per-core rates (this run's worker rate
 compactor's from bench/results/throughput.json unless given) and the assumptions below, and
 works out compactors, workers and partitions for the whole network sending single shares.
 
-    .venv/bin/python bench/scaling.py [--batches 1000000] [--quick] [--network-ehs 700]
+    .venv/bin/python -m bench.scaling [--batches 1000000] [--quick] [--network-ehs 700]
                                       [--difficulty 65536] [--compactor-rate R]
 
 Prints tables and writes bench/results/scaling.json.
@@ -23,12 +23,8 @@ import argparse
 import asyncio
 import json
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     POOLS,

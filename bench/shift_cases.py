@@ -17,7 +17,7 @@ replicate is one map (mirror effects act within it). Each case runs `replicates`
 * quiet week: no shock; every alert on any region or subdivision (US, US-TX, US-other too) is a
   false alarm, per map-week. Mirror alerts after the KZ drop (other regions "up") are counted too.
 
-Run: `.venv/bin/python bench/shift_cases.py [--replicates 300] [--seed 1] [--world scenario]`;
+Run: `.venv/bin/python -m bench.shift_cases [--replicates 300] [--seed 1] [--world scenario]`;
 writes bench/results/shift_cases.json. `--world floor` uses real noise = the detector's floor
 (bench/shift_detection.py's world, far noisier than the scenarios'), `--world floor_x1.8` real
 noise 1.8x the floor (the floor of the original calibration, noise_scale 0.022).

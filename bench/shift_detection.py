@@ -18,7 +18,7 @@ Metrics: false alarms per simulated map-week (all regions of a map together, no 
 delay from the shock's start to the first alert on the shocked region in the right direction,
 misses (none within the horizon), and whether and how the episode resolved.
 
-Run: `.venv/bin/python bench/shift_detection.py [--weeks N] [--replicates N] [--seed S] [--grid]`
+Run: `.venv/bin/python -m bench.shift_detection [--weeks N] [--replicates N] [--seed S] [--grid]`
 (writes bench/results/shift_detection.json). The unit tests import the simulator from this file so
 that the benchmark and the tests measure the same thing.
 """

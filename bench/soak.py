@@ -35,7 +35,7 @@ At the end, over the samples after the warm-up, it judges each series by a rule:
 
 prints the verdicts and exits with status 1 if any fails:
 
-    .venv/bin/python bench/soak.py [--minutes 120] [--share-rate 2000] [--batch-rate 100]
+    .venv/bin/python -m bench.soak [--minutes 120] [--share-rate 2000] [--batch-rate 100]
                                    [--every 10] [--backlog-hours 24] [--speed 96]
                                    [--catch-up-share-rate 200] [--catch-up-batch-rate 20]
                                    [--warmup-minutes 5] [--trace-worker]
@@ -70,8 +70,6 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     MINING_REGIONS,

@@ -16,7 +16,7 @@ of event time through them and measures, after each day:
   `snapshot_interval_s`), per series;
 - this process's RSS.
 
-    .venv/bin/python bench/state_size.py [--series 600]
+    .venv/bin/python -m bench.state_size [--series 600]
 
 Writes bench/results/state_size.json.
 """
@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MINING_REGIONS, POOLS, RESULTS_DIR, machine, print_table, rss_mb
 from streams.pipeline.state import ShareBatchPartition

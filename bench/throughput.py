@@ -20,7 +20,7 @@ includes the snapshot cadence (partials and snapshot each every `snapshot_interv
 per message (from /proc) is reported too: it is far less sensitive to a busy machine than the
 wall rates.
 
-    .venv/bin/python bench/throughput.py [--shares 5000000] [--batches 1000000] [--quick]
+    .venv/bin/python -m bench.throughput [--shares 5000000] [--batches 1000000] [--quick]
                                          [--profile]
 
 Prints a table and writes bench/results/throughput.json (--quick: 1M shares, 100k batches,
@@ -40,12 +40,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     RESULTS_DIR,

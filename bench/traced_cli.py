@@ -2,7 +2,7 @@
 of the Python heap every `SOAK_TRACE_EVERY_S` seconds (default 60) into
 `SOAK_TRACE_DIR`, so that a soak can compare what grew between two of them:
 
-    python bench/traced_cli.py worker --loglevel info
+    python -m bench.traced_cli worker --loglevel info
 
 Used by `bench/soak.py --trace-worker`. Tracing from the start would slow the imports alone
 tenfold here, hence the delay; once on, it slows allocations several times, so a traced run's

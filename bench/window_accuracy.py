@@ -19,7 +19,7 @@ mean(estimate/truth) − 1 (± two standard errors), RMSE of estimate/truth − 
 (= one time constant) after the start; `window_300_literal` is Σd·2³²/(now − first share) with the
 first share counted, the bare formula, for comparison.
 
-Run: `.venv/bin/python bench/window_accuracy.py [--trials N] [--seed S]`
+Run: `.venv/bin/python -m bench.window_accuracy [--trials N] [--seed S]`
 (writes bench/results/window_accuracy.json). tests/unit/test_shares.py imports `simulate_stream`
 and `evaluate_scenario` so that the test and the benchmark measure the same thing.
 """
