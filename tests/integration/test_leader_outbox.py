@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import stack
+from streams.models.partials import encode
 from streams.pipeline.state import ShareBatchPartition
 from streams.rediskeys import RedisKeys
 from streams.settings import Partitions, Settings, Topics
@@ -86,9 +87,8 @@ class PlayedWorker:
         self.state.apply(orjson.dumps(batch(self.t - 4.0, "antpool", "KZ")), self.t + 60.0)
         self.state.next_offset += 1
         partial = self.state.partial(self.t - self.settings.settle_s, self.settings.windows_s)
-        partial.update(partition=PLAYED, next_offset=self.state.next_offset,
-                       last_event_wall=time.time(), updated_at=time.time())
-        await redis.set(self.keys.partial(PLAYED), orjson.dumps(partial))
+        published = partial.at_partition(PLAYED, self.state.next_offset, time.time(), time.time())
+        await redis.set(self.keys.partial(PLAYED), encode(published))
 
 
 def outputs(port: int, topic: str, outcome: str) -> float:
