@@ -30,13 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from streams.core.account_concentration import pair_concentration
 from streams.core.regions import Z95, Level, RegionShare, SampleLike, Weighting, country_of
+from streams.models.chain import ChainSummary
 
 FloatArray = npt.NDArray[np.float64]
 Key = tuple[str, str]
@@ -226,20 +226,19 @@ def network_share_intervals(
     return out, parts
 
 
-def network_context(chain: Mapping[str, Any], coverage: float | None, coverage_ci95:
+def network_context(chain: ChainSummary, coverage: float | None, coverage_ci95:
                     tuple[float, float] | None, sampled_pools: Collection[str],
                     concentration: Mapping[Key, tuple[float, float, float]]) -> NetworkContext:
     """The context from the chain summary (``pool_blocks``, ``pool_work``, ``coverage_pools``
     over the coverage window), ĉ and the merged account-concentration sums."""
-    pool_blocks: Mapping[str, int] = chain.get("pool_blocks", {})
-    pool_work: Mapping[str, float] = chain.get("pool_work", {})
+    pool_blocks, pool_work = chain.pool_blocks, chain.pool_work
     work = sum(float(w) for w in pool_work.values())
     return NetworkContext(
         coverage=coverage,
         coverage_se=(coverage_ci95[1] - coverage_ci95[0]) / (2 * Z95) if coverage_ci95 else 0.0,
         unsampled_blocks={p: float(n) for p, n in pool_blocks.items() if p not in sampled_pools},
         pool_block_shares={p: float(w) / work for p, w in pool_work.items()} if work else {},
-        blocks=len(chain.get("coverage_pools", ())),
+        blocks=len(chain.coverage_pools),
         concentration={key: pair_concentration(row, DEFAULT_ACCOUNT_CONCENTRATION)
                        for key, row in concentration.items()},
     )

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from streams.core.blocks import block_subsidy_sat, pool_slug
 from streams.core.intervals import poisson_interval, regularized_gamma_pq
 from streams.core.units import HASHES_PER_DIFFICULTY, SECONDS_PER_DAY
+from streams.models.chain import ChainSummary
 
 SAT_PER_BTC = 1e8
 TH = 1e12
@@ -598,15 +599,15 @@ def _pair(values: tuple[float, float] | None) -> list[float] | None:
     return None if values is None else [values[0], values[1]]
 
 
-def _refresh_cache(memory: PoolMemory, chain: Mapping[str, Any], pools: list[str],
+def _refresh_cache(memory: PoolMemory, chain: ChainSummary, pools: list[str],
                    works: list[float], heights: list[int]) -> None:
     """Recompute lucks, block-implied shares and attribution quality when the chain moved."""
     key = (hash(tuple(pools)), hash(tuple(works)), heights[0], heights[-1],
            memory.ledger.version)
     if key == memory.cache_key:
         return
-    details = list(chain.get("coverage_details") or ["unknown"] * len(pools))
-    conflicts = list(chain.get("coverage_conflicts") or [None] * len(pools))
+    details = list(chain.coverage_details or ["unknown"] * len(pools))
+    conflicts = list(chain.coverage_conflicts or [None] * len(pools))
     memory.cache = {
         "lucks": {n: memory.ledger.luck(heights, pools, n) for n in WINDOWS},
         "shares": {n: pool_hashrates_from_blocks(pools, works, n, None, None) for n in WINDOWS},
@@ -625,12 +626,12 @@ def _judge_divergence(memory: PoolMemory, as_of: float,
     memory.pending_alerts.extend(memory.detector.update(as_of, by_pool, rates))
 
 
-def _pool_entries(memory: PoolMemory, chain: Mapping[str, Any], rates: Mapping[str, float],
+def _pool_entries(memory: PoolMemory, chain: ChainSummary, rates: Mapping[str, float],
                   hashrates: Mapping[int, Mapping[str, PoolBlockHashrate]],
                   groups: Mapping[str, str]) -> tuple[list[dict[str, Any]], list[Any]]:
     """One entry per pool seen in blocks or shares, largest first; and the active alerts."""
     lucks: dict[int, dict[str, Luck]] = memory.cache["lucks"]
-    names = dict(chain.get("pool_names") or {})
+    names = chain.pool_names
     longest = hashrates[max(WINDOWS)]
     slugs = sorted(set(longest) | set(rates),
                    key=lambda p: (-(longest[p].work_share if p in longest else 0.0), p))
@@ -657,7 +658,7 @@ def _pool_entries(memory: PoolMemory, chain: Mapping[str, Any], rates: Mapping[s
 def pools_section(
     as_of: float,
     windows: Mapping[float, Mapping[tuple[str, str], _Totals]],
-    chain: Mapping[str, Any],
+    chain: ChainSummary,
     network_hs: float | None,
     network_ci95_hs: tuple[float, float] | None,
     btc_usd: float | None,
@@ -670,18 +671,18 @@ def pools_section(
     window its pool, work, height, time, difficulty, attribution and reward."""
     groups = dict(groups or {})
     rates, rate_window = sampled_pool_rates(windows)
-    pools: list[str] = list(chain.get("coverage_pools") or [])
-    works: list[float] = [float(w) for w in chain.get("coverage_works") or []]
-    heights: list[int] = [int(h) for h in chain.get("coverage_heights") or []]
+    pools = list(chain.coverage_pools)
+    works = [float(w) for w in chain.coverage_works]
+    heights = [int(h) for h in chain.coverage_heights]
     section: dict[str, Any] = {
-        "windows": list(WINDOWS), "tip_height": chain.get("tip_height"),
+        "windows": list(WINDOWS), "tip_height": chain.tip_height,
         "rate_window_s": rate_window, "pools": [], "diverging": [], "attribution": None,
         "hashprice": {"blocks": 0}, "groups": groups,
     }
     if not pools or len(heights) != len(pools):
         return section
-    difficulties = [float(d) for d in chain["coverage_difficulties"]]
-    times = [float(t) for t in chain["coverage_times"]]
+    difficulties = [float(d) for d in chain.coverage_difficulties]
+    times = [float(t) for t in chain.coverage_times]
     recorded = memory.ledger.record(heights, times, difficulties, rates, as_of, RATE_MAX_AGE_S)
     _refresh_cache(memory, chain, pools, works, heights)
     if recorded:
@@ -690,8 +691,8 @@ def pools_section(
                  for n in WINDOWS}
     section["pools"], section["diverging"] = _pool_entries(memory, chain, rates, hashrates, groups)
     section["attribution"] = memory.cache["attribution"]
-    subsidies = list(chain.get("coverage_subsidies") or [])[-144:]
-    fees = list(chain.get("coverage_fees") or [])[-144:]
+    subsidies = list(chain.coverage_subsidies)[-144:]
+    fees = list(chain.coverage_fees)[-144:]
     if subsidies and len(subsidies) == len(fees):
         section["hashprice"] = hashprice_summary(
             subsidies, fees, block_subsidy_sat(heights[-1] + 1), difficulties[-1], btc_usd)

@@ -57,7 +57,7 @@ from streams.core.regions import (
 )
 from streams.core.sites import site_utilisation
 from streams.core.units import HASHES_PER_DIFFICULTY, SECONDS_PER_DAY
-from streams.models.chain import NOWCAST_BLOCKS, PLAUSIBILITY_BLOCKS, rate_of
+from streams.models.chain import NOWCAST_BLOCKS, PLAUSIBILITY_BLOCKS, ChainSummary
 from streams.models.partials import SharePartial
 
 #: Time constant of the live threshold's exponential mean: the mean age of a 14-day window.
@@ -175,7 +175,7 @@ class EstimationConfig:
 
 
 def implausible_pools(
-    totals: Mapping[Key, SampleTotals], chain: Mapping[str, Any], factor: float, min_blocks: int
+    totals: Mapping[Key, SampleTotals], chain: ChainSummary, factor: float, min_blocks: int
 ) -> dict[str, float]:
     """Pools whose sampled hashrate their own blocks cannot explain, with sample/bound ratios.
 
@@ -183,11 +183,10 @@ def implausible_pools(
     and the network at most the upper bound of GetNetworkHashPS over those blocks. A share feed
     claiming ``factor`` times more than that (a broken proxy, a forged difficulty) is set aside
     and named, so it cannot move the network estimate."""
-    blocks = int(chain.get("blocks", 0))
-    window = next(filter(None, (rate_of(chain, n) for n in PLAUSIBILITY_BLOCKS)), None)
-    if blocks < min_blocks or window is None:
+    window = next(filter(None, (chain.rates.get(n) for n in PLAUSIBILITY_BLOCKS)), None)
+    if chain.blocks < min_blocks or window is None:
         return {}
-    pool_blocks: Mapping[str, int] = chain.get("pool_blocks", {})
+    pool_blocks = chain.pool_blocks
     n = sum(pool_blocks.values())
     network_upper = window.upper_hs
     by_pool: dict[str, float] = {}
@@ -233,8 +232,8 @@ def _twh(band: PowerBand | None) -> dict[str, float] | None:
             "upper": annualized_twh(band.upper_w)}
 
 
-def _block_hashrate(chain: Mapping[str, Any], nblocks: int) -> BlockHashrate | None:
-    rate = rate_of(chain, nblocks)
+def _block_hashrate(chain: ChainSummary, nblocks: int) -> BlockHashrate | None:
+    rate = chain.rates.get(nblocks)
     if rate is None:
         return None
     return BlockHashrate(rate.hashrate_hs, (rate.lower_hs, rate.upper_hs), rate.blocks,
@@ -242,13 +241,14 @@ def _block_hashrate(chain: Mapping[str, Any], nblocks: int) -> BlockHashrate | N
 
 
 def _threshold(
-    chain: Mapping[str, Any], btc_usd: float | None, network_hs: float
+    chain: ChainSummary, btc_usd: float | None, network_hs: float
 ) -> float | None:
     """θ at the reference price, from the chain's reward and difficulty and the BTC price."""
-    if btc_usd is None or not chain.get("blocks") or network_hs <= 0:
+    tip = chain.tip
+    if btc_usd is None or tip is None or network_hs <= 0:
         return None
-    reward_sat = chain["subsidy_sat"] + (chain.get("mean_fees_sat") or 0.0)
-    blocks_per_day = network_hs * SECONDS_PER_DAY / (chain["difficulty"] * HASHES_PER_DIFFICULTY)
+    reward_sat = tip.subsidy_sat + (chain.mean_fees_sat or 0.0)
+    blocks_per_day = network_hs * SECONDS_PER_DAY / (tip.difficulty * HASHES_PER_DIFFICULTY)
     revenue_usd_day = reward_sat / 1e8 * blocks_per_day * btc_usd
     return float(profitability_threshold_j_gh(revenue_usd_day, network_hs / 1e12))
 
@@ -271,7 +271,7 @@ class _NetworkView:
         return self.assessment.coverage if self.assessment else None
 
 
-def _headline_totals(sample: MergedSample, chain: Mapping[str, Any], config: EstimationConfig
+def _headline_totals(sample: MergedSample, chain: ChainSummary, config: EstimationConfig
                      ) -> tuple[dict[Key, SampleTotals], dict[str, float]]:
     """The headline window's totals without the pools their own blocks prove implausible."""
     totals = {key: t for key, t in sample.windows.get(config.headline_window_s, {}).items()
@@ -281,27 +281,28 @@ def _headline_totals(sample: MergedSample, chain: Mapping[str, Any], config: Est
     return {key: t for key, t in totals.items() if key[0] not in flagged}, flagged
 
 
-def _hashprice(chain: Mapping[str, Any], btc_usd: float | None, network_hs: float
+def _hashprice(chain: ChainSummary, btc_usd: float | None, network_hs: float
                ) -> float | None:
-    if btc_usd is None or network_hs <= 0 or not chain.get("blocks"):
+    tip = chain.tip
+    if btc_usd is None or network_hs <= 0 or tip is None:
         return None
-    blocks_per_day = network_hs * SECONDS_PER_DAY / (chain["difficulty"] * HASHES_PER_DIFFICULTY)
+    blocks_per_day = network_hs * SECONDS_PER_DAY / (tip.difficulty * HASHES_PER_DIFFICULTY)
     return hashprice_usd_ph_day(
-        block_subsidy_sat(int(chain["tip_height"]) + 1), chain.get("mean_fees_sat") or 0.0,
+        block_subsidy_sat(tip.height + 1), chain.mean_fees_sat or 0.0,
         blocks_per_day, btc_usd, network_hs)
 
 
 def _network_view(sample: MergedSample, totals: Mapping[Key, SampleTotals],
-                  chain: Mapping[str, Any], btc_usd: float | None, config: EstimationConfig,
+                  chain: ChainSummary, btc_usd: float | None, config: EstimationConfig,
                   memory: SnapshotMemory) -> _NetworkView:
     """Coverage, the fused nowcast, the profitability threshold, the power band, hashprice."""
     sample_hs = float(sum(t.hashrate_hs for t in totals.values()))
     sample_se = math.sqrt(sum(t.se_hs**2 for t in totals.values()))
     sampled_pools = {pool for (pool, _), t in totals.items() if t.difficulty_sum > 0}
     assessment = None
-    if chain.get("coverage_pools"):
+    if chain.coverage_pools:
         assessment = assess_coverage(
-            chain["coverage_pools"], np.asarray(chain["coverage_works"]), sampled_pools,
+            chain.coverage_pools, np.asarray(chain.coverage_works), sampled_pools,
             memory_blocks=config.coverage_memory_blocks,
             recent_blocks=config.coverage_shift_recent_blocks, shift_z=config.coverage_shift_z)
     blocks = _block_hashrate(chain, config.block_window)
@@ -317,7 +318,7 @@ def _network_view(sample: MergedSample, totals: Mapping[Key, SampleTotals],
                         _hashprice(chain, btc_usd, network_hs))
 
 
-def _network_entry(view: _NetworkView, chain: Mapping[str, Any], flagged: Mapping[str, float]
+def _network_entry(view: _NetworkView, chain: ChainSummary, flagged: Mapping[str, float]
                    ) -> dict[str, Any]:
     network, coverage, assessment, blocks = (view.network, view.coverage, view.assessment,
                                              view.blocks)
@@ -342,8 +343,8 @@ def _network_entry(view: _NetworkView, chain: Mapping[str, Any], flagged: Mappin
         "profitability_threshold_j_gh": view.threshold,
         "block_hashrate_hs": blocks.hashrate_hs if blocks else None,
         "block_hashrate_ci95_hs": list(blocks.ci95_hs) if blocks else None,
-        "blocks_seen": int(chain.get("blocks", 0)),
-        "tip_height": chain.get("tip_height"),
+        "blocks_seen": chain.blocks,
+        "tip_height": chain.tip_height,
         "implausible_pools": {pool: round(ratio, 3) for pool, ratio in flagged.items()},
     }
 
@@ -385,13 +386,13 @@ class _RegionalShares:
     subdivision_parts: dict[str, ShareUncertainty]
 
 
-def _regional_shares(totals: Mapping[Key, SampleTotals], chain: Mapping[str, Any],
+def _regional_shares(totals: Mapping[Key, SampleTotals], chain: ChainSummary,
                      config: EstimationConfig, view: _NetworkView,
                      concentration: Mapping[Key, tuple[float, float, float]]) -> _RegionalShares:
     """Country and subdivision shares with their network-share intervals."""
     pool_weights = None
     if config.weighting == "pool_weighted":
-        pool_weights = {p: float(w) for p, w in chain.get("pool_work", {}).items()}
+        pool_weights = {p: float(w) for p, w in chain.pool_work.items()}
     countries = region_shares(totals, weighting=config.weighting, pool_weights=pool_weights,
                               suspect_regions=config.suspect_regions, level="country")
     subdivisions = {code: entry for code, entry in region_shares(
@@ -451,7 +452,7 @@ def _region_entries(shares: Mapping[str, RegionShare], parts: Mapping[str, Share
 
 def build_snapshot(
     sample: MergedSample,
-    chain: Mapping[str, Any] | None,
+    chain: ChainSummary,
     btc_usd: float | None,
     config: EstimationConfig,
     memory: SnapshotMemory,
@@ -460,8 +461,8 @@ def build_snapshot(
     stale: bool,
 ) -> dict[str, Any]:
     """The snapshot JSON for the headline window (``streams.models.snapshot.EstimateSnapshot``
-    describes every field; the leader adds ``inputs``)."""
-    chain = chain or {"blocks": 0}
+    describes every field; the leader adds ``inputs``). ``ChainSummary()`` (no blocks): no
+    chain yet."""
     totals, flagged = _headline_totals(sample, chain, config)
     view = _network_view(sample, totals, chain, btc_usd, config, memory)
     shares = _regional_shares(totals, chain, config, view, sample.concentration)

@@ -49,6 +49,16 @@ class BlockRate:
 
 
 @dataclass(frozen=True)
+class ChainTip:
+    """The best chain's tip: what the threshold and hashprice are computed from."""
+
+    height: int
+    time: float
+    difficulty: float
+    subsidy_sat: int
+
+
+@dataclass(frozen=True)
 class ChainSummary:
     """Rates, pool work, fees and tip of the best chain; the ``coverage_*`` lists hold one
     entry per block of the coverage window, oldest first. ``blocks`` 0: no chain yet (every
@@ -74,8 +84,16 @@ class ChainSummary:
     coverage_subsidies: Sequence[int] = ()
     coverage_fees: Sequence[int | None] = ()
 
+    @property
+    def tip(self) -> ChainTip | None:
+        """The tip's facts together, typed; None with no chain yet."""
+        if (self.tip_height is None or self.tip_time is None or self.difficulty is None
+                or self.subsidy_sat is None):
+            return None
+        return ChainTip(self.tip_height, self.tip_time, self.difficulty, self.subsidy_sat)
+
     def to_json(self) -> dict[str, Any]:
-        """The summary as JSON: what Redis holds and what ``build_snapshot`` reads."""
+        """The summary as JSON: what Redis holds (``build_snapshot`` reads the summary itself)."""
         if not self.blocks:
             return {"blocks": 0}
         return {
@@ -121,12 +139,6 @@ class ChainSummary:
             coverage_subsidies=list(body["coverage_subsidies"]),
             coverage_fees=list(body["coverage_fees"]),
         )
-
-
-def rate_of(chain: Mapping[str, Any], blocks: int) -> BlockRate | None:
-    """The rate over ``blocks`` in a chain summary's JSON, if it has one."""
-    row = chain.get("hashrates", {}).get(str(blocks))
-    return BlockRate.from_row(row) if row else None
 
 
 def encode_chain_summary(summary: ChainSummary) -> bytes:

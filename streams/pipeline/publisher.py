@@ -35,7 +35,7 @@ from streams.metrics import (
     SNAPSHOT_PUBLISH_SECONDS,
     SNAPSHOTS_PUBLISHED,
 )
-from streams.models.chain import decode_chain_summary
+from streams.models.chain import ChainSummary, decode_chain_summary
 from streams.models.partials import SharePartial, decode_price_partial, decode_share_partial
 from streams.models.snapshot import EstimateSnapshot
 from streams.pipeline.recovery import rebuild_from_kafka
@@ -162,7 +162,7 @@ class SnapshotPublisher:
 
     def _snapshot(self, partials: list[SharePartial], merged: MergedSample,
                   chain_raw: Raw, market_raw: Raw, now: float) -> dict[str, Any]:
-        chain = decode_chain_summary(chain_raw).to_json() if chain_raw else None
+        chain = decode_chain_summary(chain_raw) if chain_raw else ChainSummary()
         market = decode_price_partial(market_raw) if market_raw else None
         last_event_wall = max(p.last_event_wall for p in partials)
         stale = now - last_event_wall > self.settings.stale_after_s

@@ -55,7 +55,7 @@ from streams.core.snapshot import (
     merge_partials,
     shares_for_detection,
 )
-from streams.models.chain import COVERAGE_BLOCKS, rate_of
+from streams.models.chain import COVERAGE_BLOCKS, ChainSummary
 from streams.pipeline.state import ChainPartition, ShareBatchPartition
 from streams.settings import Settings
 from streams.sim.model import (
@@ -120,7 +120,7 @@ class OfflinePipeline:
         #: None (the default) leaves power, hashprice and threshold out of the snapshot: they are
         #: not evaluated here and cost most of build_snapshot.
         self.btc_usd: float | None = None
-        self._summary: tuple[int, dict[str, Any] | None] = (-1, None)
+        self._summary: tuple[int, ChainSummary] = (-1, ChainSummary())
 
     def apply_batch(self, raw: bytes, partition: int) -> None:
         self.shares[partition % len(self.shares)].apply(raw)
@@ -146,8 +146,7 @@ class OfflinePipeline:
             return None
         blocks = len(self.chain.chain)
         if self._summary[0] != blocks:  # as the worker: rewritten only when the chain changed
-            self._summary = (blocks, self.chain.summary(COVERAGE_BLOCKS).to_json()
-                             if blocks else None)
+            self._summary = (blocks, self.chain.summary(COVERAGE_BLOCKS))
         summary = self._summary[1]
         snap = build_snapshot(merged, summary, self.btc_usd, self.config, self.memory,
                               published_at=merged.as_of, stale=False)
@@ -461,13 +460,12 @@ def run_world(scenario: Scenario, index: int, seed: int, settings: Settings,
         snap, merged = made
         truth = world.truth(float(snap["as_of"]), [head, *windows], step_starts, rates, network)
         records.extend(snapshot_records(index, offset, snap, merged, truth, lagging))
-        summary = pipeline._summary[1] or {}
-        rate = rate_of(summary, config.block_window)
-        if rate is not None:  # GetNetworkHashPS over its span: the mean hashrate there
-            tip = float(summary["tip_time"])
+        summary = pipeline._summary[1]
+        rate, tip = summary.rates.get(config.block_window), summary.tip
+        if rate is not None and tip is not None:  # GetNetworkHashPS over its span: its mean
             records.append(Record(index, offset, NETWORK, "block_hashrate", rate.hashrate_hs,
                                   rate.lower_hs, rate.upper_hs,
-                                  world.mean_network(tip - rate.span_s, tip)))
+                                  world.mean_network(tip.time - rate.span_s, tip.time)))
     return records
 
 

@@ -4,13 +4,14 @@ the snapshot publisher writes it (streams/rediskeys.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 import redis
 from fastapi import FastAPI
 
+from streams.models.chain import ChainSummary
 from streams.models.snapshot import (
     EstimateSnapshot,
     HashpriceSummary,
@@ -75,6 +76,25 @@ def make_snapshot(published_at: float, *, as_of: float = AS_OF) -> EstimateSnaps
     return EstimateSnapshot(type="estimate", as_of=as_of, published_at=published_at,
                             window_s=300, stale=False, max_event_ts=as_of, network=network,
                             regions=regions, subdivisions=[], pools=pools, site_utilisation=[])
+
+
+def pattern_chain(pattern: Sequence[str], blocks: int, *, first_height: int, first_time: float,
+                  difficulty: float, subsidy_sat: int, fees_sat: int,
+                  names: Mapping[str, str]) -> ChainSummary:
+    """A chain summary whose blocks, 600 s apart at one difficulty, cycle through ``pattern``
+    (``unknown``: blocks no pool claims), for building a snapshot's pools section."""
+    pools = [pattern[i % len(pattern)] for i in range(blocks)]
+    return ChainSummary(
+        blocks=blocks, tip_height=first_height + blocks - 1, coverage_pools=pools,
+        coverage_works=[difficulty * 2**32] * blocks,
+        coverage_heights=[first_height + i for i in range(blocks)],
+        coverage_times=[first_time + 600.0 * i for i in range(blocks)],
+        coverage_difficulties=[difficulty] * blocks,
+        coverage_details=["unknown" if p == "unknown" else "both" for p in pools],
+        coverage_conflicts=[None] * blocks,
+        coverage_subsidies=[subsidy_sat] * blocks, coverage_fees=[fees_sat] * blocks,
+        pool_names=dict(names),
+    )
 
 
 def publish_snapshot(client: redis.Redis, snapshot: EstimateSnapshot, etag: str) -> bytes:

@@ -13,31 +13,24 @@ import pytest
 import redis
 
 from streams.core.pools import PoolMemory, pool_history_points, pools_section
+from streams.models.chain import ChainSummary
 from tests.integration.api_helpers import (
     KEYS,
     assert_names_parameter,
     assert_problem,
     make_snapshot,
+    pattern_chain,
 )
 
 T0 = 1_732_000_000.0
 D = 6e20 * 600 / 2**32
 
 
-def chain_summary(blocks: int) -> dict[str, Any]:
-    pattern = ["foundry-usa"] * 3 + ["antpool"] * 2 + ["unknown"]
-    pools = [pattern[i % 6] for i in range(blocks)]
-    return {
-        "blocks": blocks, "tip_height": 870_000 + blocks - 1,
-        "coverage_pools": pools, "coverage_works": [D * 2**32] * blocks,
-        "coverage_heights": [870_000 + i for i in range(blocks)],
-        "coverage_times": [T0 + 600.0 * i for i in range(blocks)],
-        "coverage_difficulties": [D] * blocks,
-        "coverage_details": ["both" if p != "unknown" else "unknown" for p in pools],
-        "coverage_conflicts": [None] * blocks,
-        "coverage_subsidies": [312_500_000] * blocks, "coverage_fees": [5_000_000] * blocks,
-        "pool_names": {"foundry-usa": "Foundry USA", "antpool": "AntPool", "unknown": "Unknown"},
-    }
+def chain_summary(blocks: int) -> ChainSummary:
+    return pattern_chain(
+        ["foundry-usa"] * 3 + ["antpool"] * 2 + ["unknown"], blocks, first_height=870_000,
+        first_time=T0, difficulty=D, subsidy_sat=312_500_000, fees_sat=5_000_000,
+        names={"foundry-usa": "Foundry USA", "antpool": "AntPool", "unknown": "Unknown"})
 
 
 class _Rate:

@@ -26,7 +26,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from streams.models.snapshot import EstimateSnapshot
 from streams.rediskeys import RedisKeys
 from streams.settings import Settings
 from tests.conftest import free_port
+from tests.integration.api_helpers import pattern_chain
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -162,21 +163,12 @@ def pools_of_the_day(day: Day, now: float) -> dict[str, Any]:
     pools and unknown blocks."""
     from streams.core.pools import PoolMemory, pools_section
 
-    difficulty = day.hashrate_hs * 600 / 2**32
     pattern = ["f2pool", "antpool", "btc-com", "poolin", "unknown"]
     blocks = 300
-    pools = [pattern[i % len(pattern)] for i in range(blocks)]
-    chain = {
-        "blocks": blocks, "tip_height": 592_000 + blocks - 1, "coverage_pools": pools,
-        "coverage_works": [difficulty * 2**32] * blocks,
-        "coverage_heights": [592_000 + i for i in range(blocks)],
-        "coverage_times": [now - 600.0 * (blocks - i) for i in range(blocks)],
-        "coverage_difficulties": [difficulty] * blocks,
-        "coverage_details": ["unknown" if p == "unknown" else "both" for p in pools],
-        "coverage_conflicts": [None] * blocks,
-        "coverage_subsidies": [1_250_000_000] * blocks, "coverage_fees": [30_000_000] * blocks,
-        "pool_names": {p: p for p in pattern},
-    }
+    chain = pattern_chain(pattern, blocks, first_height=592_000, first_time=now - 600.0 * blocks,
+                          difficulty=day.hashrate_hs * 600 / 2**32, subsidy_sat=1_250_000_000,
+                          fees_sat=30_000_000, names={p: p for p in pattern})
+    coverage = [f.name for f in fields(chain) if f.name.startswith("coverage_")]
 
     class Rate:
         hashrate_hs = 0.08 * day.hashrate_hs
@@ -184,9 +176,8 @@ def pools_of_the_day(day: Day, now: float) -> dict[str, Any]:
     memory = PoolMemory()
     rates = {900.0: {(SAMPLED_POOL, "CN"): Rate()}}
     for seen in range(100, blocks):  # the leader sees the blocks arrive, one at a time
-        view = {key: value[:seen] if isinstance(value, list) else value
-                for key, value in chain.items()}
-        pools_section(chain["coverage_times"][seen - 1] + 1.0, rates, view, day.hashrate_hs,
+        view = replace(chain, **{name: getattr(chain, name)[:seen] for name in coverage})
+        pools_section(chain.coverage_times[seen - 1] + 1.0, rates, view, day.hashrate_hs,
                       None, None, memory)
     return pools_section(now, rates, chain, day.hashrate_hs,
                          (0.96 * day.hashrate_hs, 1.04 * day.hashrate_hs), None, memory)

@@ -28,6 +28,7 @@ from streams.core.network_shares import (
     weights_variance,
 )
 from streams.core.regions import Z95, region_shares
+from streams.models.chain import ChainSummary
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,9 @@ def test_unsampled_pools_count_from_their_blocks() -> None:
 
 
 def test_context_from_the_chain_summary() -> None:
-    chain = {"pool_blocks": {"a": 30, "b": 20, "unknown": 50},
-             "pool_work": {"a": 3.0, "b": 2.0, "unknown": 5.0},
-             "coverage_pools": ["a"] * 30 + ["b"] * 20 + ["unknown"] * 50}
+    chain = ChainSummary(pool_blocks={"a": 30, "b": 20, "unknown": 50},
+                         pool_work={"a": 3.0, "b": 2.0, "unknown": 5.0},
+                         coverage_pools=["a"] * 30 + ["b"] * 20 + ["unknown"] * 50)
     context = network_context(chain, 0.3, (0.2, 0.4), {"a"},
                               {("a", "US"): (0.5, 1.0, 1.0)})
     assert context.unsampled_blocks == {"b": 20.0, "unknown": 50.0}

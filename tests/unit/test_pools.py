@@ -307,7 +307,7 @@ def test_snapshot_pools_section_flags_a_half_seen_pool() -> None:
             continue  # the ledger starts at the first snapshot; before, only build the chain
         sample = MergedSample(as_of=t0 + i * 600.0 + 1, max_event_ts=t0 + i * 600.0 + 1,
                               windows={900.0: windows})
-        snapshot = build_snapshot(sample, state.summary(2016).to_json(), 50_000.0, config, memory,
+        snapshot = build_snapshot(sample, state.summary(2016), 50_000.0, config, memory,
                                   published_at=sample.as_of, stale=False)
         alerts = memory.pools.drain_alerts()
         if alerts and fired_at is None:
@@ -354,11 +354,13 @@ def test_chain_asked_for_more_blocks_than_it_holds_gives_them_all() -> None:
 
 def test_pools_section_groups_proxying_pools_under_their_parent() -> None:
     from streams.core.pools import PoolMemory, pools_section
+    from streams.models.chain import ChainSummary
 
     pools = ["antpool", "some-proxy", "f2pool", "antpool"]
-    chain = {"blocks": 4, "tip_height": 103, "coverage_pools": pools,
-             "coverage_works": [1.0] * 4, "coverage_heights": [100, 101, 102, 103],
-             "coverage_times": [0.0, 600.0, 1200.0, 1800.0], "coverage_difficulties": [1.0] * 4}
+    chain = ChainSummary(blocks=4, tip_height=103, coverage_pools=pools,
+                         coverage_works=[1.0] * 4, coverage_heights=[100, 101, 102, 103],
+                         coverage_times=[0.0, 600.0, 1200.0, 1800.0],
+                         coverage_difficulties=[1.0] * 4)
     section = pools_section(1800.0, {}, chain, 1e20, (0.9e20, 1.1e20), None, PoolMemory(),
                             {"some-proxy": "antpool"})
     assert section["group_work_share"] == {"antpool": 0.75, "f2pool": 0.25}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from streams.core.snapshot import (
     merge_partials,
     shares_for_detection,
 )
+from streams.models.chain import ChainSummary
 from streams.models.partials import SharePartial
 from streams.pipeline.state import ChainPartition
 
@@ -32,7 +34,7 @@ HARDWARE = load_hardware(Path(__file__).resolve().parents[2] / "streams" / "data
 T_END = 1_795_000_000.0
 
 
-def _chain() -> dict[str, object]:
+def _chain() -> ChainSummary:
     """Blocks exactly 600 s apart: 30 % Foundry, 20 % AntPool, 50 % pools not sampled."""
     pattern = ["foundry-usa"] * 3 + ["antpool"] * 2 + ["f2pool"] * 3 + ["unknown"] * 2
     chain = BestChain()
@@ -44,7 +46,7 @@ def _chain() -> dict[str, object]:
             attribution="feed", difficulty=D, work=round(D * 2**32), subsidy_sat=312_500_000,
             fees_sat=0, coinbase_value_sat=312_500_000))
     state = ChainPartition(chain=chain, pools=None)  # type: ignore[arg-type]
-    return state.summary(2010).to_json()
+    return state.summary(2010)
 
 
 def _totals(hashrate: float) -> SampleTotals:
@@ -62,7 +64,7 @@ def _sample(extra: dict[tuple[str, str], SampleTotals] | None = None) -> MergedS
     return MergedSample(as_of=T_END, max_event_ts=T_END, windows={WINDOW: windows})
 
 
-def _build(sample: MergedSample, chain: dict[str, object] | None = None,
+def _build(sample: MergedSample, chain: ChainSummary | None = None,
            **config: Any) -> dict[str, object]:
     estimation = EstimationConfig(headline_window_s=WINDOW, hardware=HARDWARE, **config)
     return build_snapshot(sample, chain or _chain(), 50_000.0, estimation, SnapshotMemory(),
@@ -108,8 +110,8 @@ def test_the_snapshot_says_when_coverage_moved_and_widens() -> None:
     assert "exp(-age/200)" in network["interval_note"]
     # the sampled pools find 1 in 4 of the last 144 blocks, not 1 in 2: their share fell
     chain = _chain()
-    chain["coverage_pools"] = [*chain["coverage_pools"][:-144],
-                               *(["foundry-usa"] + ["f2pool"] * 3) * 36]
+    chain = replace(chain, coverage_pools=[*chain.coverage_pools[:-144],
+                                           *(["foundry-usa"] + ["f2pool"] * 3) * 36])
     moved = _build(_sample(), chain)["network"]
     assert moved["coverage_status"] == "shifted"
     assert moved["coverage_shift_z"] < -3.0

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from streams.core.snapshot import SnapshotMemory, build_snapshot, merge_partials
-from streams.models.chain import COVERAGE_BLOCKS, encode_chain_summary
+from streams.models.chain import COVERAGE_BLOCKS, decode_chain_summary, encode_chain_summary
 from streams.models.partials import decode_share_partial, encode
 from streams.pipeline.state import ShareBatchPartition
 from streams.settings import Settings
@@ -125,9 +125,9 @@ def test_offline_snapshot_equals_the_worker_route() -> None:
                 for s in states if s.max_event_ts]
     merged = merge_partials(partials)
     assert merged is not None
-    summary = offline.chain.summary(COVERAGE_BLOCKS)
-    worker = build_snapshot(merged, orjson.loads(encode_chain_summary(summary)), None, config,
-                            SnapshotMemory(), published_at=merged.as_of, stale=False)
+    summary = decode_chain_summary(encode_chain_summary(offline.chain.summary(COVERAGE_BLOCKS)))
+    worker = build_snapshot(merged, summary, None, config, SnapshotMemory(),
+                            published_at=merged.as_of, stale=False)
     assert worker["network"]["hashrate_ci95_hs"] == pytest.approx(
         snap["network"]["hashrate_ci95_hs"], rel=1e-9)
     assert [e["region"] for e in worker["regions"]] == [e["region"] for e in snap["regions"]]
