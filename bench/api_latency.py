@@ -1,10 +1,11 @@
 """How much serving from Redis costs: GET /v1/estimates/current against a bare FastAPI app.
 
-Starts a private redis-server (or uses --redis-url), writes a realistic snapshot (~50 regions)
-the way the pipeline does, then runs two uvicorn processes (uvloop + httptools, no access log):
-the real API, and a bare FastAPI app that returns the same snapshot bytes as a constant (so the
-comparison isolates what the API adds: the Redis round trip, the staleness check, the ETag and
-the middleware, not the body size). The bare app goes through FastAPI's routing; the API
+Starts a private redis-server (or uses --redis-url), writes a realistic snapshot (~50 regions,
+built by the API tests' helpers in tests/integration/api_helpers.py) the way the pipeline does,
+then runs two uvicorn processes (uvloop + httptools, no access log): the real API, and a bare
+FastAPI app that returns the same snapshot bytes as a constant (so the comparison isolates what
+the API adds: the Redis round trip, the staleness check, the ETag and the middleware, not the
+body size). The bare app goes through FastAPI's routing; the API
 answers this path ahead of routing (api/fastpath.py, CurrentEstimateFastPath) and lets concurrent
 requests share one Redis read, so under load it can beat the bare app; at the fixed rate the
 requests rarely overlap and nearly each one makes its own Redis round trip.
@@ -48,16 +49,9 @@ import numpy as np
 from fastapi import FastAPI
 from starlette.responses import Response
 
-from streams.models.snapshot import (
-    EstimateSnapshot,
-    HashpriceSummary,
-    NetworkEntry,
-    PoolsSection,
-    PowerBand,
-    RegionEntry,
-    ShareSeParts,
-)
+from streams.models.snapshot import EstimateSnapshot
 from streams.rediskeys import RedisKeys
+from tests.integration.api_helpers import make_snapshot, publish_snapshot, region_entry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,67 +84,26 @@ SUBDIVISIONS = [
     ("CN-XJ", "Xinjiang", 0.0800), ("CN-SC", "Sichuan", 0.0600),
     ("CA-QC", "Quebec", 0.0300), ("CA-AB", "Alberta", 0.0200), ("RU-IRK", "Irkutsk", 0.0150),
 ]
-NETWORK_HS = 2.0e20
 
 
 def realistic_snapshot(published_at: float) -> EstimateSnapshot:
-    def band(best: float) -> PowerBand:
-        return PowerBand(lower=best * 0.63, best=best, upper=best * 1.63)
-
-    def entry(code: str, name: str, share: float) -> RegionEntry:
-        hashrate = NETWORK_HS * share
-        subs = [sub for sub, _, _ in SUBDIVISIONS if sub.startswith(code + "-")]
-        return RegionEntry(
-            region=code, name=name, share=share, share_ci95=(share * 0.96, share * 1.04),
-            sampling_ci95=(share * 0.999, share * 1.001),
-            share_se_parts=ShareSeParts(sampling=share * 0.0005, pool_weights=0.0,
-                                        heterogeneity=share * 0.016, clustering=share * 0.009),
-            hashrate_hs=hashrate, hashrate_ci95_hs=(hashrate * 0.95, hashrate * 1.05),
-            sample_hashrate_hs=hashrate * 0.41,
-            sample_hashrate_ci95_hs=(hashrate * 0.41 * 0.98, hashrate * 0.41 * 1.02),
-            power_w=band(1.0e10 * share),
-            annualized_twh=band(87.7 * share), electricity_usd_kwh=0.05, subdivisions=subs,
-        )
-
-    regions = [entry(*row) for row in COUNTRIES + SUBDIVISIONS]
-    network = NetworkEntry(
-        hashrate_hs=NETWORK_HS, hashrate_ci95_hs=(1.92e20, 2.08e20), source="fused",
-        sources=["shares", "blocks"], coverage=0.41, coverage_ci95=(0.39, 0.43),
-        coverage_status="stable", coverage_long_window=0.405, coverage_shift_z=0.4,
-        interval_note="coverage 0.41 (stable)",
-        unlisted_region_share_max=0.61,
-        sample_hashrate_hs=NETWORK_HS * 0.41, power_w=band(1.0e10),
-        annualized_twh=band(87.7), hashprice_usd_ph_day=205.3,
-        block_hashrate_hs=1.98e20, block_hashrate_ci95_hs=(1.82e20, 2.16e20), blocks_seen=144,
-        profitability_threshold_j_gh=0.041, tip_height=872_000, implausible_pools={},
-    )
-    pools = PoolsSection(windows=[144, 1008, 2016], tip_height=872_000, rate_window_s=None,
-                         pools=[], diverging=[], attribution=None,
-                         hashprice=HashpriceSummary(blocks=0), groups={})
-    return EstimateSnapshot(type="estimate", as_of=published_at - 0.2, published_at=published_at,
-                            window_s=300, stale=False, max_event_ts=published_at - 0.2,
-                            network=network, regions=regions, subdivisions=[], pools=pools,
-                            site_utilisation=[])
+    """The API tests' snapshot (``make_snapshot``) with every region above, just published."""
+    regions = [
+        region_entry(code, name, share,
+                     [sub for sub, _, _ in SUBDIVISIONS if sub.startswith(code + "-")])
+        for code, name, share in COUNTRIES + SUBDIVISIONS]
+    return make_snapshot(published_at, as_of=published_at - 0.2, regions=regions)
 
 
 def write_snapshot(redis_url: str, snapshot: EstimateSnapshot) -> bytes:
     """As the snapshot publisher does: one MULTI/EXEC with the snapshot and region entries."""
     import redis
 
-    keys = RedisKeys(PREFIX)
-    body = snapshot.model_dump_json().encode()
     client = redis.Redis.from_url(redis_url)
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(keys.snapshot, mapping={
-        "json": body, "etag": f"bench-{snapshot.as_of}", "as_of": str(snapshot.as_of),
-        "published_at": str(snapshot.published_at)})
-    for region in snapshot.regions:
-        pipe.set(keys.region(region.region), region.model_dump_json())
-    pipe.delete(keys.regions)
-    pipe.sadd(keys.regions, *[region.region for region in snapshot.regions])
-    pipe.execute()
-    client.close()
-    return body
+    try:
+        return publish_snapshot(client, snapshot, f"bench-{snapshot.as_of}", RedisKeys(PREFIX))
+    finally:
+        client.close()
 
 
 def bare_app_factory() -> FastAPI:

@@ -49,8 +49,10 @@ def region_entry(code: str, name: str, share: float, subdivisions: list[str] | N
     )
 
 
-def make_snapshot(published_at: float, *, as_of: float = AS_OF) -> EstimateSnapshot:
-    regions = [
+def make_snapshot(published_at: float, *, as_of: float = AS_OF,
+                  regions: list[RegionEntry] | None = None) -> EstimateSnapshot:
+    """The snapshot; ``regions`` (default: six, US with two subdivisions) its region entries."""
+    regions = regions or [
         region_entry("US", "United States", 0.378, ["US-TX", "US-GA"]),
         region_entry("US-TX", "Texas", 0.15),
         region_entry("US-GA", "Georgia", 0.05),
@@ -97,16 +99,17 @@ def pattern_chain(pattern: Sequence[str], blocks: int, *, first_height: int, fir
     )
 
 
-def publish_snapshot(client: redis.Redis, snapshot: EstimateSnapshot, etag: str) -> bytes:
+def publish_snapshot(client: redis.Redis, snapshot: EstimateSnapshot, etag: str,
+                     keys: RedisKeys = KEYS) -> bytes:
     """One MULTI/EXEC, as the snapshot publisher does; returns the stored JSON bytes."""
     body = snapshot.model_dump_json().encode()
     pipe = client.pipeline(transaction=True)
-    pipe.hset(KEYS.snapshot, mapping={"json": body, "etag": etag, "as_of": str(snapshot.as_of),
+    pipe.hset(keys.snapshot, mapping={"json": body, "etag": etag, "as_of": str(snapshot.as_of),
                                       "published_at": str(snapshot.published_at)})
     for entry in snapshot.regions:
-        pipe.set(KEYS.region(entry.region), entry.model_dump_json())
-    pipe.delete(KEYS.regions)
-    pipe.sadd(KEYS.regions, *[entry.region for entry in snapshot.regions])
+        pipe.set(keys.region(entry.region), entry.model_dump_json())
+    pipe.delete(keys.regions)
+    pipe.sadd(keys.regions, *[entry.region for entry in snapshot.regions])
     pipe.execute()
     return body
 

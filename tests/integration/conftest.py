@@ -1,9 +1,14 @@
-"""Integration fixtures: isolated topic sets and consumer groups on the test session's own Kafka."""
+"""Integration fixtures: isolated topic sets and consumer groups on the test session's own Kafka,
+and a private Kafka broker for a test that stops it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -12,8 +17,10 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from api.main import create_app
+from streams import stack
 from streams.settings import Partitions, Settings, Topics
-from streams.topics import create_topics
+from streams.topics import create_topics, topic_plan
+from tests.conftest import free_port
 from tests.integration.api_helpers import make_settings, open_client
 
 
@@ -33,6 +40,46 @@ async def isolated_settings(kafka_bootstrap: str, redis_url: str) -> Settings:
     )
     await create_topics(settings)
     return settings
+
+
+@dataclass(frozen=True)
+class PrivateKafkaOptions:
+    """How a module's private broker differs from the defaults: ``Settings`` fields, and topics
+    (by ``Topics`` field name) created with other partition counts than the settings say."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    topic_partitions: Mapping[str, int] = field(default_factory=dict)
+
+
+@pytest.fixture()
+def private_kafka_options() -> PrivateKafkaOptions:
+    """What ``private_kafka`` changes; a test module overrides this fixture."""
+    return PrivateKafkaOptions()
+
+
+@pytest.fixture()
+async def private_kafka(tmp_path: Path, redis_url: str,
+                        private_kafka_options: PrivateKafkaOptions) -> AsyncIterator[Settings]:
+    """A Kafka broker of this test alone (own ports, data, topics and Redis prefix), which it may
+    stop and start again; its topics are created."""
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
+        state_dir=tmp_path / "stack", redis_url=redis_url, redis_prefix=f"hp{run}",
+        app_id=f"hashatlas-private-{run}",
+        topics=Topics(**{k: f"p{run}-{v}" for k, v in Topics().model_dump().items()}),
+        **private_kafka_options.settings,
+    )
+    stack.ensure_dirs(settings)
+    await asyncio.to_thread(stack.start_kafka, settings)
+    try:
+        await create_topics(settings, {
+            **topic_plan(settings),
+            **{getattr(settings.topics, name): partitions
+               for name, partitions in private_kafka_options.topic_partitions.items()}})
+        yield settings
+    finally:
+        await asyncio.to_thread(stack.stop_service, stack.kafka_service(settings), settings)
 
 
 async def produce(settings: Settings, topic: str, messages: list[bytes | dict[str, object]],

@@ -14,8 +14,6 @@ import logging
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +27,8 @@ from aiokafka.errors import KafkaTimeoutError
 
 from api.main import create_app
 from streams import stack
-from streams.settings import Partitions, Settings, Topics
-from streams.topics import create_topics
-from tests.conftest import free_port
+from streams.settings import Partitions, Settings
+from tests.integration.conftest import PrivateKafkaOptions
 from tests.integration.pipeline_helpers import (
     Compactor,
     Worker,
@@ -285,26 +282,10 @@ MAX_IN_FLIGHT = 2000  # the producer's own bound on unacknowledged messages
 
 
 @pytest.fixture()
-async def private_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
-    """A Kafka broker of this test alone (own ports and data), which it may stop and restart."""
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
-        state_dir=tmp_path / "stack", redis_url=redis_url, redis_prefix=f"hb{run}",
-        app_id=f"hashatlas-outage-{run}",
-        topics=Topics(**{k: f"o{run}-{v}" for k, v in Topics().model_dump().items()}),
-        partitions=Partitions(shares=2, compacted_shares=2),
-        compact_interval_s=0.2, stale_after_s=5.0,
-    )
-    for sub in ("run", "logs", "data"):
-        (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(stack.start_kafka, settings)
-    try:
-        await create_topics(settings)
-        yield settings
-    finally:
-        await asyncio.to_thread(stack.stop_service, stack.kafka_service(settings),
-                                settings)
+def private_kafka_options() -> PrivateKafkaOptions:
+    """Two partitions of each share topic, compacted every 0.2 s, stale after 5 s."""
+    return PrivateKafkaOptions(settings={"partitions": Partitions(shares=2, compacted_shares=2),
+                                         "compact_interval_s": 0.2, "stale_after_s": 5.0})
 
 
 class ShareProducer:

@@ -15,8 +15,6 @@ import asyncio
 import itertools
 import time
 import urllib.request
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -28,10 +26,9 @@ from streams import stack
 from streams.models.partials import encode
 from streams.pipeline.state import ShareBatchPartition
 from streams.rediskeys import RedisKeys
-from streams.settings import Partitions, Settings, Topics
-from streams.topics import create_topics, topic_plan
+from streams.settings import Partitions, Settings
 from tests.conftest import free_port
-from tests.integration.conftest import produce
+from tests.integration.conftest import PrivateKafkaOptions, produce
 from tests.integration.pipeline_helpers import Worker, wait_for_snapshot
 
 T0 = 1_795_000_000.0
@@ -44,27 +41,13 @@ IN_CLIENT = 5
 
 
 @pytest.fixture()
-async def private_kafka(tmp_path: Path, redis_url: str) -> AsyncIterator[Settings]:
-    """A Kafka broker of this test alone, which it may stop and start again."""
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
-        state_dir=tmp_path / "stack", redis_url=redis_url, redis_prefix=f"hl{run}",
-        app_id=f"hashatlas-outbox-{run}",
-        topics=Topics(**{k: f"l{run}-{v}" for k, v in Topics().model_dump().items()}),
-        partitions=Partitions(shares=1, compacted_shares=PLAYED + 1),
-        history_step_s=1.0, leader_outbox_capacity=CAPACITY,
-    )
-    stack.ensure_dirs(settings)
-    await asyncio.to_thread(stack.start_kafka, settings)
-    try:
-        # share-batches has the worker's two partitions only; the leader reads three partials.
-        await create_topics(settings, {**topic_plan(settings),
-                                       settings.topics.compacted_shares: PLAYED})
-        yield settings
-    finally:
-        await asyncio.to_thread(stack.stop_service, stack.kafka_service(settings),
-                                settings)
+def private_kafka_options() -> PrivateKafkaOptions:
+    """The compacted topic has the worker's two partitions only; the leader reads three
+    partials."""
+    return PrivateKafkaOptions(
+        settings={"partitions": Partitions(shares=1, compacted_shares=PLAYED + 1),
+                  "history_step_s": 1.0, "leader_outbox_capacity": CAPACITY},
+        topic_partitions={"compacted_shares": PLAYED})
 
 
 def batch(t: float, pool: str = "foundry-usa", region: str = "US-TX") -> dict[str, object]:
