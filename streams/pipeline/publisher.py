@@ -126,7 +126,9 @@ class SnapshotPublisher:
         now = time.time()
         snapshot = self._snapshot(partials, merged, chain_raw, market_raw, now)
         body = orjson.dumps(snapshot)
-        EstimateSnapshot.model_validate_json(body)  # what the API serves: no field undescribed
+        # What the API serves: no field undescribed. The JSON, not the dict: orjson turns a NaN
+        # into null, which only this check refuses where a number is due.
+        EstimateSnapshot.model_validate_json(body)
         step = self.settings.history_step_s
         step_t = (merged.as_of // step) * step
         pipe = self.redis.pipeline(transaction=True)
