@@ -136,9 +136,9 @@ async def run_live(settings: Settings, scenario: Scenario, workdir: Path,
             "simulate", str(SCENARIO), "--speed", str(SPEED), "--duration", str(DURATION_S),
             "--seed", str(WORLD_SEED), "--single-share-fraction", "0",
             "--truth", str(truth_path)])
+        processes.append(simulator)
         code = await asyncio.to_thread(simulator.proc.wait, DURATION_S / SPEED + 90)
         assert code == 0, simulator.log_tail()
-        simulator.stop()
         events = simulator_events(scenario, float(json_lines(truth_path)[0]["start"]), settings)
         tip = max(e["height"] for e in events if e["type"] == "block")
         ends = await data_ends(settings, settings.topics.compacted_shares)
