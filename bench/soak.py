@@ -123,6 +123,8 @@ class Sample:
     feed_errors: int
     feed_behind_s: float
     api_statuses: dict[str, int]
+    worker_malloc_in_use_mb: float = math.nan
+    worker_malloc_free_mb: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -318,14 +320,20 @@ def verdict(stats: dict[str, Any], name: str, second_half_min: float) -> bool:
 
 #: Series whose rule is a bound on the slope after warm-up, not flatness.
 RSS_SLOPE_RULED = ("compactor_rss_mb", "worker_rss_mb")
+#: Reported, not ruled: where the worker's RSS goes (malloc's live bytes or its kept free ones).
+MALLOC_SERIES = ("worker_malloc_in_use_mb", "worker_malloc_free_mb")
 
 
 def rss_slope(samples: list[Sample], name: str) -> float:
     """Least-squares slope in MiB/min over the samples (after warm-up)."""
     if len(samples) < 3:
         return math.nan
-    times = np.array([s.t_s for s in samples]) / 60.0
-    return float(np.polyfit(times, [float(getattr(s, name)) for s in samples], 1)[0])
+    points = [(s.t_s / 60.0, float(getattr(s, name))) for s in samples]
+    points = [(t, v) for t, v in points if math.isfinite(v)]
+    if len(points) < 3:
+        return math.nan
+    times, values = zip(*points, strict=True)
+    return float(np.polyfit(times, values, 1)[0])
 
 
 @contextlib.asynccontextmanager
@@ -357,9 +365,10 @@ class TracedWorker(Worker):
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = {**settings_env(settings), "SOAK_TRACE_DIR": str(folder),
                "SOAK_TRACE_START_S": str(start_s), "SOAK_TRACE_EVERY_S": str(every_s)}
+        self.metrics_port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("traced_cli.py")), "worker",
-             "--loglevel", "info", "--metrics-port", str(free_port())],
+             "--loglevel", "info", "--metrics-port", str(self.metrics_port)],
             cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
 
@@ -388,7 +397,8 @@ def heap_growth(folder: Path, after_s: float, top: int = 15) -> dict[str, Any]:
 def announce(args: argparse.Namespace, clock: EventClock, warmup_s: float, workdir: Path
              ) -> None:
     headers = ["t s", "compactor MiB", "worker MiB", "api MiB", "compactor lag", "worker lag",
-               "applied lag", "publish delay s", "age s", "shares", "errors"]
+               "applied lag", "publish delay s", "age s", "shares", "errors",
+               "malloc in use MiB", "malloc free MiB"]
     print(f"soak: {args.share_rate:g} shares/s + {args.batch_rate:g} share_batch/s "
           f"for {args.minutes:g} min, a sample every {args.every:g} s; event time "
           f"{args.backlog_hours:g} h behind at {args.speed:g}x (fed "
@@ -403,10 +413,27 @@ def check_alive(procs: dict[str, subprocess.Popen[bytes]], workdir: Path) -> Non
             raise RuntimeError(f"the {name} exited ({proc.returncode}); logs in {workdir}")
 
 
+def malloc_mb(metrics_port: int) -> dict[str, float]:
+    """The worker's ``hashatlas_malloc_bytes`` gauges in MiB, by state (empty until reported)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('hashatlas_malloc_bytes{state="'):
+            state = line.split('"')[1]
+            out[state] = float(line.rsplit(" ", 1)[1]) / 2**20
+    return out
+
+
 async def take_sample(settings: Settings, redis: aioredis.Redis, lag: Lag, feed: Feed,
-                      api_counts: dict[str, int], started: float, pids: dict[str, int]
-                      ) -> Sample:
-    """RSS of each process, consumer lags, the snapshot's delay and age, the feed's counts."""
+                      api_counts: dict[str, int], started: float, pids: dict[str, int],
+                      worker_metrics_port: int) -> Sample:
+    """RSS of each process, consumer lags, the snapshot's delay and age, the feed's counts,
+    and what malloc holds in the worker (in use, and free but kept until its next trim)."""
+    malloc = await asyncio.to_thread(malloc_mb, worker_metrics_port)
     keys = RedisKeys(settings.redis_prefix)
     fields = await redis.hmget(keys.snapshot, ["json", "published_at"])
     body = orjson.loads(fields[0]) if fields[0] else {}
@@ -428,6 +455,8 @@ async def take_sample(settings: Settings, redis: aioredis.Redis, lag: Lag, feed:
         shares_sent=feed.shares, batches_sent=feed.batches,
         feed_errors=feed.errors, feed_behind_s=feed.behind_s,
         api_statuses=dict(api_counts),
+        worker_malloc_in_use_mb=malloc.get("in_use", math.nan),
+        worker_malloc_free_mb=malloc.get("free", math.nan),
     )
 
 
@@ -435,8 +464,19 @@ def print_sample(sample: Sample) -> None:
     print("  ".join(str(round(v, 1) if isinstance(v, float) else v) for v in (
         sample.t_s, sample.compactor_rss_mb, sample.worker_rss_mb, sample.api_rss_mb,
         sample.compactor_lag, sample.worker_lag, sample.worker_applied_lag,
-        sample.publish_delay_s, sample.snapshot_age_s, sample.shares_sent, sample.feed_errors)),
+        sample.publish_delay_s, sample.snapshot_age_s, sample.shares_sent, sample.feed_errors,
+        sample.worker_malloc_in_use_mb, sample.worker_malloc_free_mb)),
           flush=True)
+
+
+async def start_worker(args: argparse.Namespace, settings: Settings, workdir: Path,
+                       trace_folder: Path, warmup_s: float) -> tuple[Worker, int]:
+    """The worker under test (traced with ``--trace-worker``), ready, and its metrics port."""
+    if not args.trace_worker:
+        return await started_worker(settings, workdir, "worker")
+    worker = TracedWorker(settings, workdir, trace_folder, warmup_s, args.trace_every)
+    await wait_for_log(worker.log_path, "[^Worker]: Ready", worker.proc, 120.0)
+    return worker, worker.metrics_port
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -445,15 +485,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="hashatlas-soak-"))
     async with private_stack(folder / "stack") as stack, \
             isolated_run("soak", **stack) as run:
-        settings = run.settings
+        settings = run.settings.model_copy(update={"malloc_trim": not args.no_malloc_trim})
         compactor = Compactor(settings, run.workdir, "compactor", metrics_port=free_port())
         trace_folder = folder / "trace"
-        if args.trace_worker:
-            worker: Worker = TracedWorker(settings, run.workdir, trace_folder, warmup_s,
-                                          args.trace_every)
-            await wait_for_log(worker.log_path, "[^Worker]: Ready", worker.proc, 120.0)
-        else:
-            worker, _ = await started_worker(settings, run.workdir, "worker")
+        worker, worker_metrics_port = await start_worker(args, settings, run.workdir,
+                                                         trace_folder, warmup_s)
         api_port = free_port()
         api_log = open(run.workdir / "api.log", "wb")  # noqa: SIM115 - closed below
         api = subprocess.Popen([sys.executable, "-m", "streams.cli", "api", "--port",
@@ -482,7 +518,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                             run.workdir)
                 sample = await take_sample(settings, redis, lag, feed, api_counts, started,
                                            {"compactor": compactor.proc.pid,
-                                            "worker": worker.proc.pid, "api": api.pid})
+                                            "worker": worker.proc.pid, "api": api.pid},
+                                           worker_metrics_port)
                 samples.append(sample)
                 print_sample(sample)
         finally:
@@ -534,6 +571,7 @@ def judged(args: argparse.Namespace, samples: list[Sample], feed: Feed,
         "steady_samples": len(steady),
         "stats": stats,
         "rss_slope_mib_per_min": slopes,
+        "malloc_slope_mib_per_min": {name: rss_slope(steady, name) for name in MALLOC_SERIES},
         "passed": passed,
         "heap_growth": heap,
         "samples": [asdict(s) for s in samples],
@@ -557,6 +595,9 @@ def report(result: dict[str, Any]) -> None:
     print(f"\nfeed: {feed['shares']:,} shares + {feed['batches']:,} batches "
           f"({feed['mean_share_rate_hz']:,.0f} shares/s), {feed['errors']} send errors, at "
           f"most {feed['max_behind_s']:.2f} s behind schedule; API polls: {polls}")
+    malloc = result.get("malloc_slope_mib_per_min", {})
+    print("worker malloc slope after warm-up: "
+          + ", ".join(f"{name} {slope:+.3f} MiB/min" for name, slope in malloc.items()))
     heap = result.get("heap_growth")
     if heap and "top" in heap:
         print(f"\nworker heap (tracemalloc) {heap['traced_mib_from']:.1f} -> "
@@ -586,6 +627,9 @@ def main() -> None:
                         help="left out of the verdicts after event time has caught up")
     parser.add_argument("--max-rss-slope", type=float, default=0.05,
                         help="MiB/min allowed for the worker's and the compactor's RSS")
+    parser.add_argument("--no-malloc-trim", action="store_true",
+                        help="run the worker with HASHATLAS_MALLOC_TRIM=false (malloc keeps "
+                             "freed memory, as before #18's fix)")
     parser.add_argument("--trace-worker", action="store_true",
                         help="run the worker under tracemalloc and report what grew")
     parser.add_argument("--trace-every", type=float, default=60.0,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from streams.allocator import heap_stats, release_free_memory
+
 EVENTS_CONSUMED = Counter(
     "hashatlas_events_consumed_total", "Input messages read from Kafka", ["topic"]
 )
@@ -77,6 +79,21 @@ for _state in ("firing", "resolved"):
 CHECKPOINTS = Counter(
     "hashatlas_checkpoints_total", "Partition state checkpoints written to the changelog"
 )
+MALLOC_BYTES = Gauge(
+    "hashatlas_malloc_bytes",
+    "What the C allocator holds for this process: in_use (allocated) and free (freed but kept "
+    "in its arenas, read just before the periodic malloc_trim gives it back)",
+    ["state"],
+)
+
+
+def report_malloc(trim: bool) -> None:
+    """Export what malloc holds, then (``trim``) give its free pages back to the system."""
+    if (stats := heap_stats()) is not None:
+        MALLOC_BYTES.labels("in_use").set(stats.in_use_bytes)
+        MALLOC_BYTES.labels("free").set(stats.free_bytes)
+    if trim:
+        release_free_memory()
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

@@ -116,6 +116,9 @@ class PipelineSettings(BaseModel):
     shift_min_subdivision_share: float = Field(default=0.02, ge=0.0, le=1.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
     compact_interval_s: float = Field(default=1.0, gt=0.0)
+    #: Workers hand malloc's free pages back to the system every 30 s (``malloc_trim``): without
+    #: it glibc keeps freed chunks and a worker's RSS creeps up while its live data do not.
+    malloc_trim: bool = True
     alert_webhook_url: str | None = None
     alert_webhook_secret: SecretStr | None = None
     metrics_port_base: int = 9110

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from streams.core.blocks import load_pool_directory
+from streams.metrics import report_malloc
 from streams.pipeline.estimation import DATA_DIR, estimation_config
 from streams.pipeline.faust_app import checkpointed_input, connect_rebalances, new_faust_app
 from streams.pipeline.faust_compat import recovery_remaining
@@ -31,6 +32,7 @@ log = logging.getLogger("hashatlas.worker")
 
 TAKE_MAX = 10_000  # share batches per take; blocks and prices: SMALL_TAKE_MAX
 SMALL_TAKE_MAX = 1000
+MALLOC_REPORT_S = 30.0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -81,7 +83,11 @@ def create_app(settings: Settings) -> faust.App:
         except Exception:
             log.exception("snapshot publication failed; retrying at the next tick")
 
+    async def report_and_trim_malloc() -> None:
+        report_malloc(trim=settings.malloc_trim)
+
     app.timer(interval=5.0)(crash_if_recovery_stalls)
+    app.timer(interval=MALLOC_REPORT_S)(report_and_trim_malloc)
     app.timer(interval=settings.checkpoint_interval_s)(checkpoint_quiet_partitions)
     app.timer(interval=settings.snapshot_interval_s)(write_partials)
     app.timer(interval=settings.snapshot_interval_s, on_leader=True)(publish_snapshot)
