@@ -18,6 +18,9 @@ here (delta method, independent parts, ±1.96 SE):
   reported by proxies in ``share_batch.account_difficulty_sq_sum``). Pairs without that report
   are given ``DEFAULT_ACCOUNT_CONCENTRATION`` (conservative: as if ten equal accounts).
 
+``pooled_heterogeneity`` pools the spread over regions (κ̂ per unit s(1 − s)): what
+``streams.core.unobserved_regions`` bounds a region the sample does not see with.
+
 Lumpy farms are one cause of pools' mixes differing, so the spread between pools already holds
 part of the clustering and adding both overlaps. The sum is kept on purpose: the concentration
 is itself estimated from the sampled accounts only, and with heavy-tailed farm sizes it is
@@ -179,6 +182,17 @@ def _weights(pools: list[str], totals: FloatArray, weighting: Weighting,
     return raw / raw.sum() if raw.sum() > 0 else raw
 
 
+def _mixes_and_weights(samples: Mapping[Key, SampleLike], codes: list[str], level: Level,
+                       weighting: Weighting, context: NetworkContext
+                       ) -> tuple[list[str], FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Pools, each pool's mix [p, code] and its sampling variance, pool totals, and the
+    pools' normalised weights in the estimate."""
+    pools, hashrate, variance, totals = _pool_mixes(samples, codes, level)
+    safe = np.where(totals > 0, totals, 1.0)[:, None]
+    weights = _weights(pools, totals, weighting, context.pool_block_shares)
+    return pools, hashrate / safe, variance / np.square(safe), totals, weights
+
+
 def heterogeneity_factor(context: NetworkContext, weights: FloatArray) -> float:
     """(1 − ĉ)²·(1/n_u + Σw̃²): what turns a between-pool variance τ² into the variance of the
     network's share about the sample's (ĉ's own variance added to (1 − ĉ)²)."""
@@ -212,10 +226,7 @@ def pooled_heterogeneity(
 ) -> PooledHeterogeneity:
     """κ̂ from the listed regions' between-pool spreads (see ``PooledHeterogeneity``)."""
     codes = sorted(shares)
-    pools, hashrate, variance, totals = _pool_mixes(samples, codes, level)
-    safe = np.where(totals > 0, totals, 1.0)[:, None]
-    mixes, mix_var = hashrate / safe, variance / np.square(safe)
-    weights = _weights(pools, totals, weighting, context.pool_block_shares)
+    _, mixes, mix_var, _, weights = _mixes_and_weights(samples, codes, level, weighting, context)
     used, spread, scale = 0, 0.0, 0.0
     for i, code in enumerate(codes):
         used, observed = observed_spread(mixes[:, i], mix_var[:, i], weights)
@@ -235,10 +246,8 @@ def share_uncertainties(
     codes = sorted(shares)
     if not codes:
         return {}
-    pools, hashrate, variance, totals = _pool_mixes(samples, codes, level)
-    safe = np.where(totals > 0, totals, 1.0)[:, None]
-    mixes, mix_var = hashrate / safe, variance / np.square(safe)
-    weights = _weights(pools, totals, weighting, context.pool_block_shares)
+    pools, mixes, mix_var, totals, weights = _mixes_and_weights(samples, codes, level,
+                                                                weighting, context)
     coverage = min(max(context.coverage or 0.0, 0.0), 1.0)
     network_factor = heterogeneity_factor(context, weights)
     pairs = list(samples)

@@ -399,8 +399,8 @@ def _bounded(shares: Mapping[str, RegionShare], totals: Mapping[Key, SampleTotal
              context: NetworkContext, config: EstimationConfig, level: Level,
              known: Iterable[str]) -> tuple[dict[str, RegionShare], dict[str, ShareUncertainty],
                                             float]:
-    """Network-share intervals, widened where the pooled heterogeneity says more, plus the
-    known regions the sample does not see; and κ̂."""
+    """Network-share intervals with upper ends raised to the bound on an unseen region, plus
+    the known regions the sample does not see; and κ̂ (``streams.core.unobserved_regions``)."""
     intervals, parts = network_share_intervals(shares, totals, context, level=level,
                                                weighting=config.weighting)
     pooled = pooled_heterogeneity(shares, totals, context, level=level,

@@ -666,7 +666,9 @@ def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
     """Coverage of ``share_ci95`` and its median half-width per band of true share, over
     countries and subdivisions together: ``coverage`` counts a region the snapshot lacks as a
     miss, ``served_coverage`` only the regions it serves, ``unlisted_coverage`` counts a missing
-    region as held when its share is within the snapshot's ``unlisted_region_share_max``."""
+    region as held when its share is within the snapshot's ``unlisted_region_share_max``;
+    ``unobserved*`` describe the records served by a listed-but-unobserved entry (counted in
+    ``coverage`` like any other)."""
     out = []
     for low, high in SHARE_BANDS:
         rows = [r for r in records if r.kind == "share" and low <= r.truth < high]
