@@ -144,6 +144,9 @@ class EstimationSettings(BaseModel):
     #: or replaces it.
     sites_file: Path | None = None
     sites_mode: Literal["extend", "replace"] = "extend"
+    #: A reference list of known mining countries of your own (columns of the shipped
+    #: streams/data/mining_regions.csv); the snapshot lists them even when the sample sees none.
+    mining_regions_file: Path | None = None
 
     @field_validator("electricity_method")
     @classmethod

@@ -18,6 +18,9 @@ here (delta method, independent parts, ±1.96 SE):
   reported by proxies in ``share_batch.account_difficulty_sq_sum``). Pairs without that report
   are given ``DEFAULT_ACCOUNT_CONCENTRATION`` (conservative: as if ten equal accounts).
 
+``pooled_heterogeneity`` pools the spread over regions (κ̂ per unit s(1 − s)): what
+``streams.core.unobserved_regions`` bounds a region the sample does not see with.
+
 Lumpy farms are one cause of pools' mixes differing, so the spread between pools already holds
 part of the clustering and adding both overlaps. The sum is kept on purpose: the concentration
 is itself estimated from the sampled accounts only, and with heavy-tailed farm sizes it is
@@ -85,25 +88,38 @@ class ShareUncertainty:
                          + self.clustering**2)
 
 
+def observed_spread(mixes: FloatArray, mix_variances: FloatArray, weights: FloatArray
+                    ) -> tuple[int, float]:
+    """The pools used and their weighted spread of one region's mix net of sampling noise
+    (DerSimonian–Laird; 0 with fewer than two pools)."""
+    used = weights > 0
+    k = int(used.sum())
+    if k < 2:
+        return k, 0.0
+    w = weights[used] / weights[used].sum()
+    m, v = mixes[used], mix_variances[used]
+    mean = float(w @ m)
+    spread = float(w @ np.square(m - mean))
+    noise = float(w @ ((1.0 - w) * v))
+    return k, max(0.0, (spread - noise) / (1.0 - float(w @ w)))
+
+
+def shrunk_to_prior(pools: int, observed: float, prior: float) -> float:
+    """The observed value worth ``pools − 1``, the prior worth ν₀ pools."""
+    if pools < 2:
+        return prior
+    return ((pools - 1) * observed + HETEROGENEITY_PRIOR_POOLS * prior) / (
+        pools - 1 + HETEROGENEITY_PRIOR_POOLS)
+
+
 def heterogeneity_variance(mixes: FloatArray, mix_variances: FloatArray, weights: FloatArray,
                            share: float) -> float:
     """τ² of one region: the pools' weighted spread net of sampling noise, shrunk to the prior.
 
     ``mixes[p]`` is pool p's share of its hashrate in the region, ``mix_variances[p]`` its
     sampling variance, ``weights`` the pools' normalised weights in the estimate."""
-    used = weights > 0
-    k = int(used.sum())
-    prior = HETEROGENEITY_PRIOR_KAPPA * share * (1.0 - share)
-    if k < 2:
-        return prior
-    w = weights[used] / weights[used].sum()
-    m, v = mixes[used], mix_variances[used]
-    mean = float(w @ m)
-    spread = float(w @ np.square(m - mean))
-    noise = float(w @ ((1.0 - w) * v))
-    observed = max(0.0, (spread - noise) / (1.0 - float(w @ w)))
-    return ((k - 1) * observed + HETEROGENEITY_PRIOR_POOLS * prior) / (
-        k - 1 + HETEROGENEITY_PRIOR_POOLS)
+    pools, observed = observed_spread(mixes, mix_variances, weights)
+    return shrunk_to_prior(pools, observed, HETEROGENEITY_PRIOR_KAPPA * share * (1.0 - share))
 
 
 def unsampled_inverse_pools(unsampled_blocks: Mapping[str, float], coverage: float | None) -> float:
@@ -166,6 +182,62 @@ def _weights(pools: list[str], totals: FloatArray, weighting: Weighting,
     return raw / raw.sum() if raw.sum() > 0 else raw
 
 
+def _mixes_and_weights(samples: Mapping[Key, SampleLike], codes: list[str], level: Level,
+                       weighting: Weighting, context: NetworkContext
+                       ) -> tuple[list[str], FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Pools, each pool's mix [p, code] and its sampling variance, pool totals, and the
+    pools' normalised weights in the estimate."""
+    pools, hashrate, variance, totals = _pool_mixes(samples, codes, level)
+    safe = np.where(totals > 0, totals, 1.0)[:, None]
+    weights = _weights(pools, totals, weighting, context.pool_block_shares)
+    return pools, hashrate / safe, variance / np.square(safe), totals, weights
+
+
+def heterogeneity_factor(context: NetworkContext, weights: FloatArray) -> float:
+    """(1 − ĉ)²·(1/n_u + Σw̃²): what turns a between-pool variance τ² into the variance of the
+    network's share about the sample's (ĉ's own variance added to (1 − ĉ)²)."""
+    coverage = min(max(context.coverage or 0.0, 0.0), 1.0)
+    unsampled_sq = (1.0 - coverage) ** 2 + context.coverage_se**2
+    return unsampled_sq * (unsampled_inverse_pools(context.unsampled_blocks, context.coverage)
+                           + float(weights @ weights))
+
+
+@dataclass(frozen=True)
+class PooledHeterogeneity:
+    """How much pools' regional mixes differ, pooled over every listed region.
+
+    ``kappa``: κ̂ = Σ τ̂²_r / Σ s_r(1 − s_r), the pools' observed spread per unit of s(1 − s)
+    (0: every pool mixes alike; 1: every pool mines in one region only), shrunk toward the prior
+    κ = 0.01 worth ν₀ pools like each region's τ². ``factor``: ``heterogeneity_factor``. Their
+    product is the network-share variance per unit s(1 − s) that a region of true share s has
+    about what the sample shows, whether or not the sample shows it at all."""
+
+    kappa: float
+    factor: float
+
+    @property
+    def scale(self) -> float:
+        return self.kappa * self.factor
+
+
+def pooled_heterogeneity(
+    shares: Mapping[str, RegionShare], samples: Mapping[Key, SampleLike],
+    context: NetworkContext, *, level: Level = "country", weighting: Weighting = "pooled",
+) -> PooledHeterogeneity:
+    """κ̂ from the listed regions' between-pool spreads (see ``PooledHeterogeneity``)."""
+    codes = sorted(shares)
+    _, mixes, mix_var, _, weights = _mixes_and_weights(samples, codes, level, weighting, context)
+    used, spread, scale = 0, 0.0, 0.0
+    for i, code in enumerate(codes):
+        used, observed = observed_spread(mixes[:, i], mix_var[:, i], weights)
+        spread += observed
+        scale += shares[code].share * (1.0 - shares[code].share)
+    observed_kappa = min(1.0, spread / scale) if scale > 0 else 0.0
+    return PooledHeterogeneity(
+        kappa=shrunk_to_prior(used, observed_kappa, HETEROGENEITY_PRIOR_KAPPA),
+        factor=heterogeneity_factor(context, weights))
+
+
 def share_uncertainties(
     shares: Mapping[str, RegionShare], samples: Mapping[Key, SampleLike],
     context: NetworkContext, *, level: Level = "country", weighting: Weighting = "pooled",
@@ -174,14 +246,10 @@ def share_uncertainties(
     codes = sorted(shares)
     if not codes:
         return {}
-    pools, hashrate, variance, totals = _pool_mixes(samples, codes, level)
-    safe = np.where(totals > 0, totals, 1.0)[:, None]
-    mixes, mix_var = hashrate / safe, variance / np.square(safe)
-    weights = _weights(pools, totals, weighting, context.pool_block_shares)
+    pools, mixes, mix_var, totals, weights = _mixes_and_weights(samples, codes, level,
+                                                                weighting, context)
     coverage = min(max(context.coverage or 0.0, 0.0), 1.0)
-    unsampled_sq = (1.0 - coverage) ** 2 + context.coverage_se**2
-    between = unsampled_inverse_pools(context.unsampled_blocks, context.coverage) + float(
-        weights @ weights)
+    network_factor = heterogeneity_factor(context, weights)
     pairs = list(samples)
     pair_hs = np.array([float(samples[k].hashrate_hs) for k in pairs])
     pair_hhi = np.array([context.concentration.get(k, DEFAULT_ACCOUNT_CONCENTRATION)
@@ -200,7 +268,7 @@ def share_uncertainties(
             pool_weights=math.sqrt(weights_variance(
                 mixes[:, i], block_shares * (totals > 0), share, context.blocks))
             if weighting == "pool_weighted" else 0.0,
-            heterogeneity=math.sqrt(unsampled_sq * tau2 * between),
+            heterogeneity=math.sqrt(tau2 * network_factor),
             clustering=math.sqrt(clustering_variance(pair_hs, pair_hhi, in_region, share,
                                                      1.0 - coverage)),
         )

@@ -128,6 +128,11 @@ class RegionShare:
     #: `network_share_intervals`, `share_ci95`/`share_se` cover the network's share instead.
     sampling_ci95: tuple[float, float] | None = None
     sampling_se: float | None = None
+    #: False for a region of the reference list that no sampled share came from (share 0).
+    observed: bool = True
+    #: "delta": `share_ci95` is ±1.96 `share_se`; "unobserved_bound": its upper end is the
+    #: bound of a region the sample does not see (`streams.core.unobserved_regions`).
+    interval_basis: Literal["delta", "unobserved_bound"] = "delta"
 
 
 def _checked(key: tuple[str, str], sample: SampleLike) -> tuple[float, float]:

@@ -41,12 +41,15 @@ from streams.core.network import (
     nowcast_network_hashrate,
 )
 from streams.core.network_shares import (
+    NetworkContext,
     ShareUncertainty,
     network_context,
     network_share_intervals,
+    pooled_heterogeneity,
 )
 from streams.core.pools import PoolMemory, pools_section
 from streams.core.regions import (
+    Level,
     RegionShare,
     Weighting,
     country_of,
@@ -57,6 +60,7 @@ from streams.core.regions import (
 )
 from streams.core.sites import site_utilisation
 from streams.core.units import HASHES_PER_DIFFICULTY, SECONDS_PER_DAY
+from streams.core.unobserved_regions import bounded_shares
 from streams.models.chain import NOWCAST_BLOCKS, PLAUSIBILITY_BLOCKS, ChainSummary
 from streams.models.partials import SharePartial
 
@@ -172,6 +176,9 @@ class EstimationConfig:
     coverage_memory_blocks: float = DEFAULT_COVERAGE_MEMORY_BLOCKS
     coverage_shift_recent_blocks: int = DEFAULT_SHIFT_RECENT_BLOCKS
     coverage_shift_z: float = DEFAULT_SHIFT_Z
+    #: Countries known to mine (``streams/data/mining_regions.csv``): listed even when the sample
+    #: shows none of their hashrate, flagged unobserved, with a bound on their network share.
+    known_regions: tuple[str, ...] = ()
 
 
 def implausible_pools(
@@ -318,8 +325,8 @@ def _network_view(sample: MergedSample, totals: Mapping[Key, SampleTotals],
                         _hashprice(chain, btc_usd, network_hs))
 
 
-def _network_entry(view: _NetworkView, chain: ChainSummary, flagged: Mapping[str, float]
-                   ) -> dict[str, Any]:
+def _network_entry(view: _NetworkView, chain: ChainSummary, flagged: Mapping[str, float],
+                   kappa: float | None) -> dict[str, Any]:
     network, coverage, assessment, blocks = (view.network, view.coverage, view.assessment,
                                              view.blocks)
     return {
@@ -331,6 +338,7 @@ def _network_entry(view: _NetworkView, chain: ChainSummary, flagged: Mapping[str
         "coverage_ci95": list(coverage.ci95) if coverage else None,
         # A region no sampled pool sees can only be in the unsampled part (1 − ĉ).
         "unlisted_region_share_max": 1.0 - coverage.ci95[0] if coverage else 1.0,
+        "region_heterogeneity_kappa": kappa,
         "coverage_status": assessment.status if assessment else None,
         "coverage_long_window": (assessment.long_window.sampled_work_share
                                  if assessment else None),
@@ -384,6 +392,22 @@ class _RegionalShares:
     country_parts: dict[str, ShareUncertainty]
     subdivisions: dict[str, RegionShare]
     subdivision_parts: dict[str, ShareUncertainty]
+    #: κ̂ of the countries (``PooledHeterogeneity``); None without any listed country.
+    kappa: float | None
+
+
+def _bounded(shares: Mapping[str, RegionShare], totals: Mapping[Key, SampleTotals],
+             context: NetworkContext, config: EstimationConfig, level: Level,
+             known: Iterable[str]) -> tuple[dict[str, RegionShare], dict[str, ShareUncertainty],
+                                            float]:
+    """Network-share intervals with upper ends raised to the bound on an unseen region, plus
+    the known regions the sample does not see; and κ̂ (``streams.core.unobserved_regions``)."""
+    intervals, parts = network_share_intervals(shares, totals, context, level=level,
+                                               weighting=config.weighting)
+    pooled = pooled_heterogeneity(shares, totals, context, level=level,
+                                  weighting=config.weighting)
+    bounded, bounded_parts = bounded_shares(intervals, parts, pooled, list(known))
+    return bounded, bounded_parts, pooled.kappa
 
 
 def _regional_shares(totals: Mapping[Key, SampleTotals], chain: ChainSummary,
@@ -403,12 +427,12 @@ def _regional_shares(totals: Mapping[Key, SampleTotals], chain: ChainSummary,
     context = network_context(chain, coverage.sampled_work_share if coverage else None,
                               coverage.ci95 if coverage else None, view.sampled_pools,
                               concentration)
-    countries, country_parts = network_share_intervals(
-        countries, totals, context, level="country", weighting=config.weighting)
-    subdivisions, subdivision_parts = network_share_intervals(
-        subdivisions, totals, context, level="subdivision", weighting=config.weighting)
-    return _RegionalShares(dict(countries), dict(country_parts), dict(subdivisions),
-                           dict(subdivision_parts))
+    country_shares, country_parts, kappa = _bounded(countries, totals, context, config,
+                                                    "country", config.known_regions)
+    subdivision_shares, subdivision_parts, _ = _bounded(subdivisions, totals, context, config,
+                                                        "subdivision", ())
+    return _RegionalShares(country_shares, country_parts, subdivision_shares, subdivision_parts,
+                           kappa if countries else None)
 
 
 def _region_entries(shares: Mapping[str, RegionShare], parts: Mapping[str, ShareUncertainty],
@@ -437,6 +461,8 @@ def _region_entries(shares: Mapping[str, RegionShare], parts: Mapping[str, Share
             "share_se_parts": {"sampling": part.sampling, "pool_weights": part.pool_weights,
                                "heterogeneity": part.heterogeneity,
                                "clustering": part.clustering},
+            "observed": share.observed,
+            "interval_basis": share.interval_basis,
             "hashrate_hs": regional.hashrate_hs if regional else None,
             "hashrate_ci95_hs": list(regional.hashrate_ci95_hs) if regional else None,
             "sample_hashrate_hs": share.sample_hashrate_hs,
@@ -475,7 +501,7 @@ def build_snapshot(
         "window_s": config.headline_window_s,
         "stale": stale,
         "max_event_ts": sample.max_event_ts,
-        "network": _network_entry(view, chain, flagged),
+        "network": _network_entry(view, chain, flagged, shares.kappa),
         "regions": _region_entries(shares.countries, shares.country_parts, shares.subdivisions,
                                    view, config, intervals, sample.as_of),
         "subdivisions": _region_entries(shares.subdivisions, shares.subdivision_parts,
@@ -506,6 +532,8 @@ def history_points(snapshot: Mapping[str, Any], t: float) -> dict[str, dict[str,
         "power_w_best": (network["power_w"] or {}).get("best"),
     }}
     for entry in [*snapshot["regions"], *snapshot["subdivisions"]]:
+        if not entry.get("observed", True):  # an unseen region has no series of its own
+            continue
         points[entry["region"]] = {
             "t": t, "share": entry["share"], "hashrate_hs": entry["hashrate_hs"],
             "power_w_best": (entry["power_w"] or {}).get("best"),
@@ -524,4 +552,5 @@ def shares_for_detection(snapshot: Mapping[str, Any]) -> dict[str, tuple[float, 
         entry["region"]: (entry["share"],
                           (interval(entry)[1] - interval(entry)[0]) / (2 * 1.959964))
         for entry in [*snapshot["regions"], *snapshot.get("subdivisions", [])]
+        if entry.get("observed", True)  # an unseen region's 0 is no measurement to track
     }

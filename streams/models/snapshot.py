@@ -81,7 +81,15 @@ class NetworkEntry(_Strict):
         "recent block rate disagrees with the share-based estimate"))
     unlisted_region_share_max: float = Field(description=(
         "At most this share of the network (1 − coverage_ci95's lower bound; 1 without "
-        "coverage) lies in regions no sampled pool sees, which the snapshot cannot list"))
+        "coverage) lies in regions no sampled pool sees, together (holds without any model; "
+        "the per-region bound of an unobserved listed region is its share_ci95)"))
+    region_heterogeneity_kappa: float | None = Field(default=None, description=(
+        "κ̂ (0..1): how differently the sampled pools mix countries, the between-pool "
+        "variance of a country's mix per unit s(1 − s) pooled over the listed countries "
+        "(0: every pool alike; 1: each pool in one country), shrunk toward the prior 0.01 "
+        "worth 2 pools. It sets the bound on the share of a country the sample does not see "
+        "(regions with observed false; interval_basis 'unobserved_bound'); null without "
+        "shares"))
     sample_hashrate_hs: float = Field(description=(
         "Hashrate the share sample itself shows over the headline window, H/s, summed over the "
         "sampled pools (implausible pools left out); 0 without shares"))
@@ -144,14 +152,37 @@ class RegionEntry(_Strict):
         "weights, between-pool heterogeneity and clustering added in quadrature "
         "(share_se_parts). Assumes the unsampled pools' regional mixes are drawn like the "
         "sampled pools' (random effects, shrunk to a prior when pools are few) and that a "
-        "region's accounts sit at pools at random; a region no sampled pool sees is not listed "
-        "(network.unlisted_region_share_max bounds them). Not geolocation or VPN error"))
+        "region's accounts sit at pools at random. Its upper end is never below the bound of "
+        "an unobserved region (interval_basis). A country of the reference list that no "
+        "sampled pool sees is listed with observed false and [0, bound]; other unseen regions "
+        "are not listed "
+        "(network.unlisted_region_share_max bounds them together). Not geolocation or VPN "
+        "error"))
     sampling_ci95: Pair = Field(description=(
         "Delta-method 95 % interval of the share of the SAMPLE only (0..1): Poisson noise of the "
         "shares, what share_ci95 was before issue #14. Right for changes of the sample over "
         "time (shift detection uses it), not for the network's share"))
     share_se_parts: ShareSeParts = Field(description=(
-        "share_ci95's standard error by source; they add in quadrature"))
+        "share_ci95's standard error by source; they add in quadrature (interval_basis "
+        "'delta'). For an unobserved region all but heterogeneity are 0 and heterogeneity is "
+        "share_ci95's upper bound ÷ 1.96"))
+    observed: bool = Field(default=True, description=(
+        "False: no sampled share came from this country in the window; it is listed because "
+        "the reference list of known mining countries (streams/data/mining_regions.csv, each "
+        "row with its source and date) names it. Its share and sampling_ci95 are then 0 and "
+        "share_ci95 is [0, bound] (interval_basis 'unobserved_bound'); each such country may "
+        "hold the whole bound, so bounds do not add up. Not shift-tracked, no history "
+        "series"))
+    interval_basis: Literal["delta", "unobserved_bound"] = Field(default="delta", description=(
+        "How share_ci95 was made. 'delta': share ± 1.96·SE of share_se_parts. "
+        "'unobserved_bound': its upper end is the bound on a country the sample does not see, "
+        "a/(1 + a) with a = 1.96²·κ̂·(1 − ĉ)²·(1/n_unsampled + Σw²) "
+        "(network.region_heterogeneity_kappa): the largest network share s whose gap to a "
+        "sample share of 0 is within 1.96 SE when pools' mixes vary by κ̂·s(1 − s). Used for "
+        "unobserved countries and wherever share + 1.96·SE falls below that bound (a region "
+        "seen at a tiny share is no better known than one not seen). Assumes the unsampled "
+        "pools' mixes differ from the sampled pools' as much as the sampled pools differ among "
+        "themselves, pooled over countries"))
     hashrate_hs: float | None = Field(description=(
         "share × network hashrate, H/s; null without a network estimate"))
     hashrate_ci95_hs: Pair | None = Field(description=(

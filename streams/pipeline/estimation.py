@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from streams.core.electricity import Method, load_electricity_prices, load_hardware
+from streams.core.known_regions import parse_known_regions
 from streams.core.pools import pool_groups
 from streams.core.snapshot import EstimationConfig
 from streams.settings import Settings
@@ -31,7 +32,14 @@ def estimation_config(settings: Settings) -> EstimationConfig:
         site_capacity_w=site_capacity_w(settings),
         # pools-v2.json names no parent pool today, so this is empty unless a list adds one.
         pool_groups=pool_groups(json.loads((DATA_DIR / "pools-v2.json").read_text("utf-8"))),
+        known_regions=known_regions(settings),
     )
+
+
+def known_regions(settings: Settings) -> tuple[str, ...]:
+    """The countries of the reference list of known mining regions."""
+    path = settings.mining_regions_file or DATA_DIR / "mining_regions.csv"
+    return tuple(row.region for row in parse_known_regions(path.read_text("utf-8")))
 
 
 def site_capacity_w(settings: Settings) -> dict[str, float]:

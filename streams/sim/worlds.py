@@ -91,6 +91,7 @@ def data_dir() -> Any:
 def default_config(settings: Settings) -> EstimationConfig:
     """The worker's estimation config (``streams.pipeline.estimation``), without Faust."""
     from streams.core.electricity import Method, load_electricity_prices, load_hardware
+    from streams.pipeline.estimation import known_regions
 
     hardware = load_hardware(settings.hardware_file or data_dir() / "hardware.csv")
     default_price, prices = load_electricity_prices(
@@ -99,7 +100,7 @@ def default_config(settings: Settings) -> EstimationConfig:
     return EstimationConfig(
         headline_window_s=settings.headline_window_s, hardware=hardware,
         default_price_usd_kwh=default_price, prices_usd_kwh=prices, method=method,
-        suspect_regions=settings.suspect_regions,
+        suspect_regions=settings.suspect_regions, known_regions=known_regions(settings),
     )
 
 
@@ -419,6 +420,8 @@ class Record:
     sample_truth: float | None = None
     window_truth: float | None = None  # the truth's mean over the headline window
     lag: bool = False  # a lagging pool (window records)
+    #: False: the snapshot lists the region from its reference list, no sampled share seen.
+    observed: bool = True
 
 
 def check_offsets(scenario: Scenario, checks: int = DEFAULT_CHECKS) -> list[float]:
@@ -493,7 +496,8 @@ def snapshot_records(world: int, check: float, snap: Mapping[str, Any], merged: 
         hci = entry.get("hashrate_ci95_hs") or [None, None]
         out.append(Record(world, check, code, "share", entry.get("share"), sci[0], sci[1],
                           share, truth.sample_shares.get(code),
-                          window_truth=truth.window_shares.get(code)))
+                          window_truth=truth.window_shares.get(code),
+                          observed=bool(entry.get("observed", True))))
         out.append(Record(world, check, code, "hashrate", entry.get("hashrate_hs"), hci[0],
                           hci[1], truth.hashrates[code],
                           window_truth=truth.window_hashrates.get(code)))
@@ -660,7 +664,9 @@ def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
     """Coverage of ``share_ci95`` and its median half-width per band of true share, over
     countries and subdivisions together: ``coverage`` counts a region the snapshot lacks as a
     miss, ``served_coverage`` only the regions it serves, ``unlisted_coverage`` counts a missing
-    region as held when its share is within the snapshot's ``unlisted_region_share_max``."""
+    region as held when its share is within the snapshot's ``unlisted_region_share_max``;
+    ``unobserved*`` describe the records served by a listed-but-unobserved entry (counted in
+    ``coverage`` like any other)."""
     out = []
     for low, high in SHARE_BANDS:
         rows = [r for r in records if r.kind == "share" and low <= r.truth < high]
@@ -670,7 +676,7 @@ def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
         unlisted = sum(1 for r in records if r.kind == "unlisted_share" and low <= r.truth < high
                        and r.upper is not None and r.truth <= r.upper)
         halves = [(upper - lower) / 2 for lower, upper, _ in served]
-        out.append({
+        out.append({**_unobserved_band(rows),
             "band": [low, high], "n": len(rows), "missing": len(rows) - len(served),
             "coverage": held / len(rows) if rows else None,
             "served_coverage": held / len(served) if served else None,
@@ -678,6 +684,18 @@ def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
             "median_half_width": float(np.median(halves)) if halves else None,
         })
     return out
+
+
+def _unobserved_band(rows: Sequence[Record]) -> dict[str, Any]:
+    """Of a band's share records, those of regions listed unobserved (counted in the band's
+    coverage like any other): how many, their coverage and median half-width."""
+    unseen = [(r.lower, r.upper, r.truth) for r in rows
+              if not r.observed and r.lower is not None and r.upper is not None]
+    held = sum(1 for lower, upper, truth in unseen if lower <= truth <= upper)
+    halves = [(upper - lower) / 2 for lower, upper, _ in unseen]
+    return {"unobserved": len(unseen),
+            "unobserved_coverage": held / len(unseen) if unseen else None,
+            "unobserved_median_half_width": float(np.median(halves)) if halves else None}
 
 
 def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
@@ -929,6 +947,11 @@ def _region_lines(report: WorldsReport, max_regions: int) -> list[str]:
                          f"{_f(band['served_coverage'], '6.3f')} "
                          f"{_f(band['unlisted_coverage'], '6.3f')} "
                          f"{_f(half and half * 100, '7.3f')}")
+            if band.get("unobserved"):
+                unseen = band["unobserved_median_half_width"]
+                lines.append(f"      of which listed unobserved {band['unobserved']:6d}: cover "
+                             f"{_f(band['unobserved_coverage'], '6.3f')}, median ±pp "
+                             f"{_f(unseen and unseen * 100, '7.3f')}")
     return lines
 
 
