@@ -37,8 +37,8 @@ DEFAULT_COVERAGE_WINDOW_BLOCKS = 2016
 # sooner and is noisier; in a steady world the interval's coverage does not depend on it (the
 # Kish count scales the error with it), only its width does. 120 blocks (20 h) is the longest
 # memory whose 95 % interval held the truth after a 10 % loss in the unsampled pools in at least
-# 90 % + 2 standard errors of the checks on the tuning seeds (92.0 ± 0.9 % over 400 worlds of
-# seed 2; 150 blocks: 91.3 ± 1.0 %, 200: 89.8 ± 1.1 %); BENCHMARKS.md, "Network coverage,
+# 90 % + 2 standard errors of the checks on the tuning seeds (92.05 ± 0.88 % over 400 worlds of
+# seed 2; 150 blocks: 91.35 ± 0.94 %, 200: 89.85 ± 1.06 %); BENCHMARKS.md, "Network coverage,
 # calibrated". As a local-level filter it is the steady-state gain of a random walk of c with
 # variance c(1 − c)/120² per block, ≈ 0.05 a day: more than coverage drifts, because a shock
 # moves c at once and only the width can cover what the blocks cannot show yet.
