@@ -34,9 +34,15 @@ DEFAULT_COVERAGE_WINDOW_BLOCKS = 2016
 # ĉ is a local-level estimate that forgets: each block weighs exp(−age / memory), the steady-state
 # filter of a drifting log c, and its interval is the sampling error of that weighted share
 # (Wilson on the Kish effective count, ≈ 2 × memory blocks). A shorter memory follows a change
-# sooner and is noisier; 200 blocks (≈ 33 h) is the longest that keeps the 95 % interval ≥ 90 %
-# under both changes above in the offline evaluator (BENCHMARKS.md, "Coverage that moves").
-DEFAULT_COVERAGE_MEMORY_BLOCKS = 200.0
+# sooner and is noisier; in a steady world the interval's coverage does not depend on it (the
+# Kish count scales the error with it), only its width does. 120 blocks (20 h) is the longest
+# memory whose 95 % interval held the truth after a 10 % loss in the unsampled pools in at least
+# 90 % + 2 standard errors of the checks on the tuning seeds (92.05 ± 0.88 % over 400 worlds of
+# seed 2; 150 blocks: 91.35 ± 0.94 %, 200: 89.85 ± 1.06 %); BENCHMARKS.md, "Network coverage,
+# calibrated". As a local-level filter it is the steady-state gain of a random walk of c with
+# variance c(1 − c)/120² per block, ≈ 0.05 a day: more than coverage drifts, because a shock
+# moves c at once and only the width can cover what the blocks cannot show yet.
+DEFAULT_COVERAGE_MEMORY_BLOCKS = 120.0
 # The recent blocks tested against the older ones of the window for a change of coverage large
 # enough to see (two-proportion z); beyond DEFAULT_SHIFT_Z ĉ is taken from the recent blocks only.
 DEFAULT_SHIFT_RECENT_BLOCKS = 144
@@ -46,6 +52,14 @@ DEFAULT_SHIFT_Z = 3.0
 # √day covers daily curtailment, drift and moderate shocks; a larger step is not covered by it, but
 # then the block estimate weighs little anyway next to the share-based one.
 DEFAULT_LOG_DRIFT_VAR_PER_S = 0.05**2 / 86400.0
+# When the share-based and the block-based estimates disagree, by how many standard errors of
+# their difference before the interval is scaled by that disagreement (the Birge ratio). While
+# both stated errors are right the disagreement is |N(0, 1)|: scaling whenever it exceeds 1 (the
+# textbook rule) widens a third of the intervals of a world where nothing is wrong, and took the
+# steady world's coverage to 97 % (BENCHMARKS.md, "Network coverage, calibrated"). Beyond the
+# 95 % quantile the gap is evidence that an error is understated (typically ĉ lagging a change of
+# coverage); below it, it is the noise the errors already describe.
+DEFAULT_DISAGREEMENT_Z = Z95
 
 EstimateSource = Literal["fused", "shares", "blocks"]
 CoverageStatus = Literal["stable", "shifted", "short_history"]
@@ -326,12 +340,25 @@ class NetworkEstimate:
     coverage: float | None
     sample_hashrate_hs: float | None
     #: |log(share-based / block-based)| over its standard error when both fed the estimate: the
-    #: recent block rate against the nowcast; above 1 the interval was scaled by it (Birge).
+    #: recent block rate against the nowcast.
     block_disagreement_z: float | None = None
+    #: What the standard error was scaled by for that disagreement (1: not scaled).
+    disagreement_scale: float = 1.0
 
 
 def _log_var_from_ci(lower: float, upper: float) -> float:
     return ((math.log(upper) - math.log(lower)) / (2.0 * Z95)) ** 2
+
+
+def _share_based(sample_hashrate_hs: float | None, sample_se_hs: float | None,
+                 coverage: Coverage | None) -> tuple[float, float] | None:
+    """H_S / ĉ and the variance of its log, when the sample and ĉ allow it."""
+    if (sample_hashrate_hs is None or sample_hashrate_hs <= 0.0 or coverage is None
+            or coverage.sampled_work_share <= 0.0 or coverage.ci95[0] <= 0.0):
+        return None
+    sample_rel_se = (sample_se_hs or 0.0) / sample_hashrate_hs
+    var = sample_rel_se**2 + _log_var_from_ci(*coverage.ci95)
+    return sample_hashrate_hs / coverage.sampled_work_share, var
 
 
 def nowcast_network_hashrate(
@@ -341,6 +368,7 @@ def nowcast_network_hashrate(
     blocks: BlockHashrate | None,
     *,
     log_drift_var_per_s: float = DEFAULT_LOG_DRIFT_VAR_PER_S,
+    disagreement_z: float = DEFAULT_DISAGREEMENT_Z,
 ) -> NetworkEstimate | None:
     """Fuse H_S / ĉ with GetNetworkHashPS by inverse-variance weighting on log-hashrate.
 
@@ -348,10 +376,11 @@ def nowcast_network_hashrate(
     the width of ĉ's interval on log scale. Block-based: variance from the width of its exact
     interval, plus the drift the network can make between the block window's midpoint and now
     (`log_drift_var_per_s` · span/2), because a 120-block mean describes the last ~20 hours.
-    When the two disagree by more than their stated errors allow (squared difference over summed
-    variances above 1), those errors are too small, typically because the sampled pools' share of
-    the network moved after ĉ's window began; the standard error is then scaled by the square
-    root of that ratio (the Birge ratio), which leaves the estimate itself unchanged.
+    When the two disagree by more than their stated errors allow (|log ratio| over the root of
+    the summed variances above `disagreement_z`, 1.96: rarer than 1 in 20 while the errors are
+    right), those errors are too small, typically because the sampled pools' share of the network
+    moved after ĉ's window began; the standard error is then scaled by that ratio (the Birge
+    ratio), which leaves the estimate itself unchanged.
 
     Why stateless weighting and not a Kalman filter over time: the share estimate's error is
     dominated by the error of ĉ, which is common to every share measurement of the next days, so a
@@ -363,18 +392,10 @@ def nowcast_network_hashrate(
     estimates: list[tuple[float, float]] = []  # (hashrate, variance of its log)
     sources: list[str] = []
     used_coverage: float | None = None
-    if (
-        sample_hashrate_hs is not None
-        and sample_hashrate_hs > 0.0
-        and coverage is not None
-        and coverage.sampled_work_share > 0.0
-        and coverage.ci95[0] > 0.0
-    ):
-        sample_rel_se = (sample_se_hs or 0.0) / sample_hashrate_hs
-        var = sample_rel_se**2 + _log_var_from_ci(*coverage.ci95)
-        estimates.append((sample_hashrate_hs / coverage.sampled_work_share, var))
+    if (from_shares := _share_based(sample_hashrate_hs, sample_se_hs, coverage)) is not None:
+        estimates.append(from_shares)
         sources.extend(("shares", "coverage"))
-        used_coverage = coverage.sampled_work_share
+        used_coverage = coverage.sampled_work_share if coverage else None
     if blocks is not None and blocks.hashrate_hs > 0.0:
         var = _log_var_from_ci(*blocks.ci95_hs) + log_drift_var_per_s * blocks.span_s / 2.0
         estimates.append((blocks.hashrate_hs, var))
@@ -384,6 +405,7 @@ def nowcast_network_hashrate(
     weights = [1.0 / var for _, var in estimates]
     se_log = math.sqrt(1.0 / sum(weights))
     disagreement: float | None = None
+    scale = 1.0
     if len(estimates) == 1:
         hashrate = estimates[0][0]  # exactly the one input, not exp(log(x))
     else:
@@ -391,7 +413,9 @@ def nowcast_network_hashrate(
         log_h = sum(w * math.log(h) for w, (h, _) in zip(weights, estimates, strict=True))
         hashrate = math.exp(log_h / sum(weights))
         disagreement = abs(math.log(h_shares / h_blocks)) / math.sqrt(v_shares + v_blocks)
-        se_log *= max(1.0, disagreement)
+        if disagreement > disagreement_z:
+            scale = disagreement
+            se_log *= scale
     source: EstimateSource
     if len(estimates) == 2:
         source = "fused"
@@ -408,6 +432,7 @@ def nowcast_network_hashrate(
         coverage=used_coverage,
         sample_hashrate_hs=sample_hashrate_hs,
         block_disagreement_z=disagreement,
+        disagreement_scale=scale,
     )
 
 
@@ -441,7 +466,8 @@ def interval_note(assessment: CoverageAssessment | None, estimate: NetworkEstima
         parts.append("from blocks only (no share sample or no coverage): a mean over the last "
                      "blocks, wide")
     z = estimate.block_disagreement_z
-    if z is not None and z > 1.0:
+    if z is not None and estimate.disagreement_scale > 1.0:
         parts.append(f"the last blocks' rate and the share-based estimate differ by {z:.1f} "
-                     f"standard errors, so the interval is scaled by {z:.2f}")
+                     f"standard errors, so the interval is scaled by "
+                     f"{estimate.disagreement_scale:.2f}")
     return "; ".join(parts)

@@ -30,6 +30,7 @@ from streams.core.electricity import (
 from streams.core.intervals import compound_poisson_interval, poisson_interval
 from streams.core.network import (
     DEFAULT_COVERAGE_MEMORY_BLOCKS,
+    DEFAULT_DISAGREEMENT_Z,
     DEFAULT_SHIFT_RECENT_BLOCKS,
     DEFAULT_SHIFT_Z,
     BlockHashrate,
@@ -179,6 +180,9 @@ class EstimationConfig:
     #: Countries known to mine (``streams/data/mining_regions.csv``): listed even when the sample
     #: shows none of their hashrate, flagged unobserved, with a bound on their network share.
     known_regions: tuple[str, ...] = ()
+    #: Disagreement (in standard errors) between the share-based and block-based estimates
+    #: beyond which the network interval is scaled by it (``nowcast_network_hashrate``).
+    nowcast_disagreement_z: float = DEFAULT_DISAGREEMENT_Z
 
 
 def implausible_pools(
@@ -314,7 +318,8 @@ def _network_view(sample: MergedSample, totals: Mapping[Key, SampleTotals],
             recent_blocks=config.coverage_shift_recent_blocks, shift_z=config.coverage_shift_z)
     blocks = _block_hashrate(chain, config.block_window)
     network = nowcast_network_hashrate(sample_hs if sample_hs > 0 else None, sample_se,
-                                       assessment.coverage if assessment else None, blocks)
+                                       assessment.coverage if assessment else None, blocks,
+                                       disagreement_z=config.nowcast_disagreement_z)
     network_hs = network.hashrate_hs if network else 0.0
     threshold_now = _threshold(chain, btc_usd, network_hs)
     threshold = (memory.smoothed_threshold(threshold_now, sample.as_of)

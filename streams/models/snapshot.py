@@ -51,14 +51,14 @@ class NetworkEntry(_Strict):
         "block window); null when neither source is usable"))
     hashrate_ci95_hs: Pair | None = Field(description=(
         "95 % interval of hashrate_hs, H/s (log-normal; widened by the Birge ratio when the two "
-        "sources disagree beyond their errors); null with hashrate_hs"))
+        "sources disagree by more than 1.96 standard errors); null with hashrate_hs"))
     source: Literal["fused", "shares", "blocks", "none"] = Field(description=(
         "Which estimate hashrate_hs is: both sources fused, one of them alone, or none"))
     sources: list[Literal["shares", "coverage", "blocks"]] = Field(description=(
         "The inputs used: shares and coverage (sample ÷ coverage), blocks (block-based rate)"))
     coverage: float | None = Field(description=(
         "Sampled pools' share of the recent blocks' work (ĉ, 0..1), from block attribution, each "
-        "block weighted by exp(−age/200 blocks) (a local-level filter, so a drifting coverage is "
+        "block weighted by exp(−age/120 blocks) (a local-level filter, so a drifting coverage is "
         "followed); from the last 144 blocks only when coverage_status is 'shifted'; null when "
         "the chain names no pools"))
     coverage_ci95: Pair | None = Field(description=(
@@ -66,7 +66,7 @@ class NetworkEntry(_Strict):
         "weighting; null with coverage"))
     coverage_status: Literal["stable", "shifted", "short_history"] | None = Field(description=(
         "Whether the sampled pools' block share moved: 'stable' (the last 144 blocks agree with "
-        "the older ones; coverage weighs blocks by exp(−age/200) so that a drift or a shock in "
+        "the older ones; coverage weighs blocks by exp(−age/120) so that a drift or a shock in "
         "unsampled pools is followed), 'shifted' (they differ beyond |z| 3; coverage from the "
         "last 144 blocks only, wider), 'short_history' (too few blocks to test); null without "
         "coverage"))

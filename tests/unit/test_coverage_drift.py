@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from streams.core.network import (
+    DEFAULT_COVERAGE_MEMORY_BLOCKS,
     BlockHashrate,
     Coverage,
     assess_coverage,
@@ -174,7 +175,8 @@ def test_nowcast_reports_how_far_the_block_rate_is_from_the_shares() -> None:
 def test_interval_note_says_why() -> None:
     steady = ["s", "o", "o", "s", "o"] * 400
     moved = steady[:-144] + (["s"] + ["o"] * 5) * 24
-    for pools, phrase in ((steady, "exp(-age/200)"), (moved, "shifted: the sampled pools found")):
+    for pools, phrase in ((steady, f"exp(-age/{DEFAULT_COVERAGE_MEMORY_BLOCKS:g})"),
+                          (moved, "shifted: the sampled pools found")):
         assessment = assess_coverage(pools, np.ones(2000), {"s"})
         assert assessment is not None
         est = nowcast_network_hashrate(3e20, 0.0, assessment.coverage, None)

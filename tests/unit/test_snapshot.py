@@ -11,6 +11,7 @@ import pytest
 
 from streams.core.blocks import BestChain, BlockFacts
 from streams.core.electricity import load_hardware
+from streams.core.network import DEFAULT_COVERAGE_MEMORY_BLOCKS
 from streams.core.snapshot import (
     EstimationConfig,
     MergedSample,
@@ -107,7 +108,7 @@ def test_the_snapshot_says_when_coverage_moved_and_widens() -> None:
     network = steady["network"]
     assert network["coverage_status"] == "stable"
     assert network["coverage"] == pytest.approx(0.5, abs=0.02)  # discounted, within a pattern
-    assert "exp(-age/200)" in network["interval_note"]
+    assert f"exp(-age/{DEFAULT_COVERAGE_MEMORY_BLOCKS:g})" in network["interval_note"]
     # the sampled pools find 1 in 4 of the last 144 blocks, not 1 in 2: their share fell
     chain = _chain()
     chain = replace(chain, coverage_pools=[*chain.coverage_pools[:-144],
