@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,12 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.core.snapshot import SnapshotMemory, build_snapshot, merge_partials
+from streams.core.snapshot import (
+    SnapshotMemory,
+    build_snapshot,
+    merge_partials,
+    shares_for_detection,
+)
 from streams.models.chain import COVERAGE_BLOCKS, encode_chain_summary
 from streams.models.partials import decode_share_partial, encode
 from streams.pipeline.state import ShareBatchPartition
@@ -136,6 +142,49 @@ def test_offline_snapshot_equals_the_worker_route() -> None:
         assert mine["share"] == pytest.approx(theirs["share"], rel=1e-9)
         assert mine["share_ci95"] == pytest.approx(theirs["share_ci95"], rel=1e-9)
         assert mine["hashrate_ci95_hs"] == pytest.approx(theirs["hashrate_ci95_hs"], rel=1e-9)
+
+
+def test_detection_step_feeds_what_the_leader_feeds() -> None:
+    """The tracked runs' lean step (headline window only, no account concentration, no
+    network-share intervals) gives exactly `shares_for_detection` of the full snapshot; and
+    nothing, as the leader, while the snapshot has no network hashrate (no chain yet)."""
+    scenario = small()
+    settings = Settings()
+    config = W.default_config(settings)
+    world = W.FastWorld(scenario, seed=7, start_ts=1_700_000_003.0)
+    batches, *_ = world.batches(3600.0, 400.0)
+    offline = W.OfflinePipeline(settings, config, partitions=2)
+    for batch in batches:
+        offline.apply_batch(W.encode(batch.body), batch.pool_index)
+    made = offline.snapshot()
+    assert made is not None and made[0]["network"]["hashrate_hs"] is None
+    step = offline.detection_step()
+    assert step is not None and step[1] is None
+    for block in world.blocks(3600.0):
+        offline.apply_block(W.encode(block))
+    made = offline.snapshot()
+    assert made is not None and made[0]["network"]["hashrate_hs"] is not None
+    step = offline.detection_step()
+    assert step is not None and step[1] is not None
+    assert step[0] == (made[1].as_of // settings.history_step_s) * settings.history_step_s
+    fed = shares_for_detection(made[0])
+    assert {"US", "US-TX", "NO", "KZ"} <= set(fed)
+    assert step[1] == fed
+
+
+def test_tracked_worlds_catch_a_blackout_and_count_its_delays() -> None:
+    """KZ (40 %) blacked out 40 min into a tracked run from a cold start: caught on KZ in both
+    worlds within 10 min, and the summary's delays are the per-run ones."""
+    scenario = small("shocks:\n  - {name: kz-off, kind: blackout, region: KZ, at: 40m, "
+                     "over: 60s, factor: 0.2}\n")
+    settings = Settings()
+    result = W.detection_over_worlds(scenario, 2, 5, settings, W.default_config(settings),
+                                     lead_s=1800.0, max_track_s=3600.0)
+    onset = result["by_region"]["kz-off"]["onset"]
+    assert onset["runs"] == 2 and onset["caught"] == 2
+    assert all(d is not None and 0.0 < d <= 10.0 for d in onset["delays_min"])
+    assert onset["max_min"] == max(onset["delays_min"])
+    assert result["evaluated_weeks"] > 0.0
 
 
 def test_fast_world_rates_match_the_scenario() -> None:
@@ -271,6 +320,31 @@ def test_two_bucket_batches_land_as_the_numpy_path_places_them() -> None:
         fast.add_span(0, start, end, *values)
         buckets, fractions = _overlaps(start, end, 10.0)
         slow.add_many(0, buckets, fractions[:, None] * np.array([values]))
+    assert np.array_equal(fast.index, slow.index)
+    assert np.array_equal(fast.data, slow.data)
+
+
+def test_batches_over_a_few_buckets_land_as_the_numpy_path_places_them() -> None:
+    """`add_span`'s plain-float path for batches over 3–16 buckets (the tracked worlds' 60 s
+    batches, a slow proxy's) gives bit for bit the state `_overlaps` and `add_many` give,
+    including batches older than a slot's bucket and ones touching a bucket edge."""
+    from streams.core.shares import _BucketRing, _overlaps
+
+    rng = np.random.default_rng(11)
+    fast, slow = _BucketRing(10.0, 400.0), _BucketRing(10.0, 400.0)
+    fast.ensure_rows(2)
+    slow.ensure_rows(2)
+    spans = 0
+    for _ in range(800):
+        row = int(rng.integers(0, 2))
+        start = 1_700_000_000.0 + float(rng.integers(0, 900)) + float(rng.choice([0.0, 0.37]))
+        end = start + float(rng.choice([20.0, 60.0, 60.0, 33.3, 150.0, 159.63]))
+        values = (float(rng.integers(1, 50)), float(rng.random() * 1e6), float(rng.random()))
+        spans += math.floor(end / 10.0) - math.floor(start / 10.0) >= 2
+        fast.add_span(row, start, end, *values)
+        buckets, fractions = _overlaps(start, end, 10.0)
+        slow.add_many(row, buckets, fractions[:, None] * np.array([values]))
+    assert spans > 500  # most went through the new path
     assert np.array_equal(fast.index, slow.index)
     assert np.array_equal(fast.data, slow.data)
 
