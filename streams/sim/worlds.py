@@ -700,7 +700,7 @@ def share_bands(records: Sequence[Record]) -> list[dict[str, Any]]:
 
 def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
                     settings: Settings | None = None, checks: Sequence[float] | None = None,
-                    partitions: int = 2, detect_worlds: int = 0,
+                    partitions: int = 2, detect_worlds: int = 0, detect_first: int = 0,
                     max_track_s: float = MAX_TRACK_S,
                     lead_s: float = TRACK_MARGIN_S) -> WorldsReport:
     """Run ``worlds`` seeds of ``scenario`` and summarise the calibration."""
@@ -717,7 +717,7 @@ def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
     report = summarise(scenario, records, worlds, seed, offsets)
     if detect_worlds:
         report.detection = detection_over_worlds(scenario, detect_worlds, seed, settings, config,
-                                                 partitions=partitions,
+                                                 partitions=partitions, first=detect_first,
                                                  max_track_s=max_track_s, lead_s=lead_s)
     report.seconds = time.perf_counter() - started
     return report
@@ -800,10 +800,11 @@ def track_world(scenario: Scenario, index: int, seed: int, settings: Settings,
 
 
 def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: Settings,
-                          config: EstimationConfig, *, partitions: int = 2,
+                          config: EstimationConfig, *, partitions: int = 2, first: int = 0,
                           max_track_s: float = MAX_TRACK_S,
                           lead_s: float = TRACK_MARGIN_S) -> dict[str, Any]:
-    """Detection delay, misses and false alarms of the ShiftDetector over tracked worlds; per
+    """Detection delay, misses and false alarms of the ShiftDetector over tracked worlds
+    ``first`` … ``first + worlds − 1`` (a long run split into parts gives the same worlds); per
     shock also the delays on the shocked region itself (``by_region``: subdivisions too), and
     the mirror effects the alerts labelled (not alerts of their own, not false alarms)."""
     from streams.sim import evaluate as ev
@@ -814,7 +815,7 @@ def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: 
     false_alarms = 0
     weeks = 0.0
     mirrors: dict[str, int] = {}
-    for index in range(worlds):
+    for index in range(first, first + worlds):
         run = track_world(scenario, index, seed, settings, config, partitions=partitions,
                           max_track_s=max_track_s, lead_s=lead_s)
         for shock in run["truth"].shocks:
@@ -834,6 +835,7 @@ def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: 
             mirrors[code] = mirrors.get(code, 0) + 1
     return {
         "worlds": worlds,
+        "first_world": first,
         "shocks": {name: {"status": counts,
                           "median_delay_min": (float(np.median(delays[name])) / 60.0
                                                if delays.get(name) else None)}

@@ -174,7 +174,8 @@ def test_detection_step_feeds_what_the_leader_feeds() -> None:
 
 def test_tracked_worlds_catch_a_blackout_and_count_its_delays() -> None:
     """KZ (40 %) blacked out 40 min into a tracked run from a cold start: caught on KZ in both
-    worlds within 10 min, and the summary's delays are the per-run ones."""
+    worlds within 10 min; the summary's delays are the per-run ones, and a run of world 1 alone
+    (``first``) repeats the second world of the run of two."""
     scenario = small("shocks:\n  - {name: kz-off, kind: blackout, region: KZ, at: 40m, "
                      "over: 60s, factor: 0.2}\n")
     settings = Settings()
@@ -185,6 +186,9 @@ def test_tracked_worlds_catch_a_blackout_and_count_its_delays() -> None:
     assert all(d is not None and 0.0 < d <= 10.0 for d in onset["delays_min"])
     assert onset["max_min"] == max(onset["delays_min"])
     assert result["evaluated_weeks"] > 0.0
+    second = W.detection_over_worlds(scenario, 1, 5, settings, W.default_config(settings),
+                                     first=1, lead_s=1800.0, max_track_s=3600.0)
+    assert second["by_region"]["kz-off"]["onset"]["delays_min"] == onset["delays_min"][1:]
 
 
 def test_fast_world_rates_match_the_scenario() -> None:
@@ -217,7 +221,8 @@ def test_cli_offline_mode_prints_json(capsys: pytest.CaptureFixture[str], tmp_pa
 
     path = tmp_path / "small.yaml"
     path.write_text(SMALL + "evaluation: {checks: [1h]}\n", encoding="utf-8")
-    args = argparse.Namespace(scenario=path, worlds=1, seed=2, detect_worlds=0, partitions=2,
+    args = argparse.Namespace(scenario=path, worlds=1, seed=2, detect_worlds=0, detect_first=0,
+                              partitions=2,
                               truth=None, from_redis=False, from_api=None, json=Path("-"),
                               track_hours=12.0, lead_hours=2.0)
     assert cmd.run(args) == 0
