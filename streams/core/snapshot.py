@@ -536,8 +536,10 @@ def detection_shares(sample: MergedSample, chain: Mapping[str, Any] | None,
             sample, totals, chain, None, config, memory).network is None:
         return None
     countries, subdivisions = _sample_shares(totals, chain, config)
-    return {code: (entry.share, _sampling_se(entry))
-            for code, entry in [*countries.items(), *subdivisions.items()]}
+    ordered = [*sorted(countries.items(), key=lambda item: -item[1].share),
+               *sorted(subdivisions.items(), key=lambda item: -item[1].share)]
+    # In the snapshot's order: the detector numbers regions as they first appear.
+    return {code: (entry.share, _sampling_se(entry)) for code, entry in ordered}
 
 
 def _sampling_se(entry: RegionShare) -> float:
