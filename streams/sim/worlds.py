@@ -819,10 +819,11 @@ def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: 
         run = track_world(scenario, index, seed, settings, config, partitions=partitions,
                           max_track_s=max_track_s, lead_s=lead_s)
         for shock in run["truth"].shocks:
-            entry = by_region.setdefault(shock["name"], {"onset": [], "recovery": []})
+            entry = by_region.setdefault(shock["name"], {"onset": []})
             onset, recovery = region_delays(shock, run["alerts"])
             entry["onset"].append(onset)
-            entry["recovery"].append(recovery)
+            if shock.get("recovery_start") is not None:  # a shock that comes back
+                entry.setdefault("recovery", []).append(recovery)
         score = ev.score_alerts(run["truth"], run["alerts"])
         for shock in score.shocks:
             status.setdefault(shock.shock, {})

@@ -185,6 +185,7 @@ def test_tracked_worlds_catch_a_blackout_and_count_its_delays() -> None:
     assert onset["runs"] == 2 and onset["caught"] == 2
     assert all(d is not None and 0.0 < d <= 10.0 for d in onset["delays_min"])
     assert onset["max_min"] == max(onset["delays_min"])
+    assert "recovery" not in result["by_region"]["kz-off"]  # a blackout does not come back
     assert result["evaluated_weeks"] > 0.0
     second = W.detection_over_worlds(scenario, 1, 5, settings, W.default_config(settings),
                                      first=1, lead_s=1800.0, max_track_s=3600.0)
