@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--detect-worlds", type=int, default=0, metavar="K",
                         help="offline mode: also run K worlds end to end with a snapshot every "
                         "history step into the shift detector (delay, misses, false alarms)")
+    parser.add_argument("--detect-first", type=int, default=0, metavar="I",
+                        help="offline mode: the tracked worlds are I … I+K−1 (default 0), to "
+                        "split a long detection run into parts")
     parser.add_argument("--track-hours", type=float, default=12.0, metavar="H",
                         help="offline mode: longest span a detection world tracks (default 12)")
     parser.add_argument("--lead-hours", type=float, default=2.0, metavar="H",
@@ -135,13 +138,15 @@ def run_worlds(args: argparse.Namespace) -> int:
         print(f"error: cannot use scenario {args.scenario}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     count = 100 if args.worlds is None else args.worlds
-    if count < 1 or args.detect_worlds < 0 or args.partitions < 1:
-        print("error: --worlds and --partitions must be ≥ 1, --detect-worlds ≥ 0",
+    if count < 1 or args.detect_worlds < 0 or args.detect_first < 0 or args.partitions < 1:
+        print("error: --worlds and --partitions must be ≥ 1, --detect-worlds and "
+              "--detect-first ≥ 0",
               file=sys.stderr)
         return EXIT_BAD_INPUT
     report = worlds.evaluate_worlds(scenario, count, seed=args.seed, settings=get_settings(),
                                     partitions=args.partitions,
                                     detect_worlds=args.detect_worlds,
+                                    detect_first=args.detect_first,
                                     max_track_s=args.track_hours * 3600.0,
                                     lead_s=args.lead_hours * 3600.0)
     body = json.dumps(worlds.worlds_report_json(report), indent=2)

@@ -75,12 +75,14 @@ class AccountConcentration:
         last = math.floor(now / self.bucket_s)
         out = []
         for (pool, region), buckets in self.cells.items():
-            sums = [0.0, 0.0, 0.0]
+            weighted = reported = unreported = 0.0
             for bucket, cell in buckets.items():
                 if first <= bucket <= last:
-                    sums = [a + b for a, b in zip(sums, cell, strict=True)]
-            if sums[1] + sums[2] > 0.0:
-                out.append([pool, region, *sums])
+                    weighted += cell[0]
+                    reported += cell[1]
+                    unreported += cell[2]
+            if reported + unreported > 0.0:
+                out.append([pool, region, weighted, reported, unreported])
         return out
 
     def to_state(self) -> list[list[Any]]:

@@ -415,10 +415,10 @@ def _bounded(shares: Mapping[str, RegionShare], totals: Mapping[Key, SampleTotal
     return bounded, bounded_parts, pooled.kappa
 
 
-def _regional_shares(totals: Mapping[Key, SampleTotals], chain: ChainSummary,
-                     config: EstimationConfig, view: _NetworkView,
-                     concentration: Mapping[Key, tuple[float, float, float]]) -> _RegionalShares:
-    """Country and subdivision shares with their network-share intervals."""
+def _sample_shares(totals: Mapping[Key, SampleTotals], chain: ChainSummary,
+                   config: EstimationConfig
+                   ) -> tuple[dict[str, RegionShare], dict[str, RegionShare]]:
+    """Country and subdivision shares of the sample, with their sampling-only intervals."""
     pool_weights = None
     if config.weighting == "pool_weighted":
         pool_weights = {p: float(w) for p, w in chain.pool_work.items()}
@@ -428,6 +428,14 @@ def _regional_shares(totals: Mapping[Key, SampleTotals], chain: ChainSummary,
         totals, weighting=config.weighting, pool_weights=pool_weights,
         suspect_regions=config.suspect_regions, level="subdivision").items()
         if is_subdivision(code)}
+    return countries, subdivisions
+
+
+def _regional_shares(totals: Mapping[Key, SampleTotals], chain: ChainSummary,
+                     config: EstimationConfig, view: _NetworkView,
+                     concentration: Mapping[Key, tuple[float, float, float]]) -> _RegionalShares:
+    """Country and subdivision shares with their network-share intervals."""
+    countries, subdivisions = _sample_shares(totals, chain, config)
     coverage = view.coverage
     context = network_context(chain, coverage.sampled_work_share if coverage else None,
                               coverage.ci95 if coverage else None, view.sampled_pools,
@@ -544,6 +552,33 @@ def history_points(snapshot: Mapping[str, Any], t: float) -> dict[str, dict[str,
             "power_w_best": (entry["power_w"] or {}).get("best"),
         }
     return points
+
+
+def detection_shares(sample: MergedSample, chain: ChainSummary | None,
+                     config: EstimationConfig, memory: SnapshotMemory
+                     ) -> dict[str, tuple[float, float]] | None:
+    """``shares_for_detection`` of the snapshot ``build_snapshot`` would make from the same
+    inputs, or None when that snapshot has no network hashrate (the leader then feeds the
+    detector nothing). Skips the network-share intervals, power, pools and sites, which the
+    detector does not read: the offline evaluator calls it once a history step."""
+    chain = chain or ChainSummary()
+    totals, _ = _headline_totals(sample, chain, config)
+    blocks = _block_hashrate(chain, config.block_window)
+    # A block hashrate alone gives a nowcast (``nowcast_network_hashrate``): the coverage
+    # assessment is needed only without one.
+    if (blocks is None or blocks.hashrate_hs <= 0.0) and _network_view(
+            sample, totals, chain, None, config, memory).network is None:
+        return None
+    countries, subdivisions = _sample_shares(totals, chain, config)
+    ordered = [*sorted(countries.items(), key=lambda item: -item[1].share),
+               *sorted(subdivisions.items(), key=lambda item: -item[1].share)]
+    # In the snapshot's order: the detector numbers regions as they first appear.
+    return {code: (entry.share, _sampling_se(entry)) for code, entry in ordered}
+
+
+def _sampling_se(entry: RegionShare) -> float:
+    low, high = entry.sampling_ci95 or entry.share_ci95
+    return (high - low) / (2 * 1.959964)
 
 
 def shares_for_detection(snapshot: Mapping[str, Any]) -> dict[str, tuple[float, float]]:

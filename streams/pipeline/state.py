@@ -307,8 +307,11 @@ class ShareBatchPartition:
                    max_pools=settings.max_pools, max_keys=settings.max_series,
                    max_future_skew_s=settings.max_future_skew_s, concentration=concentration)
 
-    def partial(self, t_eval: float, windows_s: list[float]) -> SharePartial:
-        """Window totals at ``t_eval`` per (pool, region), for the snapshot leader to merge."""
+    def partial(self, t_eval: float, windows_s: list[float], *,
+                concentration: bool = True) -> SharePartial:
+        """Window totals at ``t_eval`` per (pool, region), for the snapshot leader to merge;
+        ``concentration=False`` leaves out the account concentration (read only by the
+        network-share intervals: the offline evaluator's detection runs skip it)."""
         self.windows.expire(t_eval)
         self.concentration.expire(t_eval)
         rows = self.windows.window_rows(t_eval, windows_s)
@@ -316,7 +319,8 @@ class ShareBatchPartition:
                             windows={window: [WindowRow._make(row) for row in rows[window]]
                                      for window in windows_s},
                             concentration=[ConcentrationRow._make(row)
-                                           for row in self.concentration.rows(t_eval)])
+                                           for row in self.concentration.rows(t_eval)]
+                            if concentration else [])
 
 
 def block_facts_state(facts: BlockFacts) -> dict[str, Any]:

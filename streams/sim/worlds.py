@@ -51,9 +51,8 @@ from streams.core.snapshot import (
     MergedSample,
     SnapshotMemory,
     build_snapshot,
-    history_points,
+    detection_shares,
     merge_partials,
-    shares_for_detection,
 )
 from streams.models.chain import COVERAGE_BLOCKS, ChainSummary
 from streams.pipeline.state import ChainPartition, ShareBatchPartition
@@ -133,25 +132,42 @@ class OfflinePipeline:
         """The leader's clock: the newest event time merged."""
         return max((p.max_event_ts for p in self.shares), default=0.0)
 
-    def merged(self, t_eval: float | None = None) -> MergedSample | None:
-        """Every partition's partial at ``t_eval`` (default: clock − settle_s), merged."""
+    def merged(self, t_eval: float | None = None, windows_s: Sequence[float] | None = None,
+               *, concentration: bool = True) -> MergedSample | None:
+        """Every partition's partial at ``t_eval`` (default: clock − settle_s) over
+        ``windows_s`` (default: the workers' windows), merged."""
         if t_eval is None:
             t_eval = self.clock() - self.settings.settle_s
-        partials = [p.partial(t_eval, self.settings.windows_s)
+        windows = list(windows_s or self.settings.windows_s)
+        partials = [p.partial(t_eval, windows, concentration=concentration)
                     for p in self.shares if p.max_event_ts]
         return merge_partials(partials)
+
+    def chain_summary(self) -> ChainSummary:
+        """The chain summary the worker writes, rebuilt only when the chain changed."""
+        blocks = len(self.chain.chain)
+        if self._summary[0] != blocks:
+            self._summary = (blocks, self.chain.summary(COVERAGE_BLOCKS))
+        return self._summary[1]
 
     def snapshot(self, t_eval: float | None = None) -> tuple[dict[str, Any], MergedSample] | None:
         merged = self.merged(t_eval)
         if merged is None:
             return None
-        blocks = len(self.chain.chain)
-        if self._summary[0] != blocks:  # as the worker: rewritten only when the chain changed
-            self._summary = (blocks, self.chain.summary(COVERAGE_BLOCKS))
-        summary = self._summary[1]
-        snap = build_snapshot(merged, summary, self.btc_usd, self.config, self.memory,
-                              published_at=merged.as_of, stale=False)
+        snap = build_snapshot(merged, self.chain_summary(), self.btc_usd, self.config,
+                              self.memory, published_at=merged.as_of, stale=False)
         return snap, merged
+
+    def detection_step(self) -> tuple[float, dict[str, tuple[float, float]] | None] | None:
+        """The history step and what the leader's detector would be fed there
+        (``detection_shares``: the headline window only and no account concentration, which
+        it does not read)."""
+        merged = self.merged(windows_s=[self.config.headline_window_s], concentration=False)
+        if merged is None:
+            return None
+        step = self.settings.history_step_s
+        return ((merged.as_of // step) * step,
+                detection_shares(merged, self.chain_summary(), self.config, self.memory))
 
 
 # ---- the vectorised world ---------------------------------------------------------------------
@@ -700,7 +716,7 @@ def _unobserved_band(rows: Sequence[Record]) -> dict[str, Any]:
 
 def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
                     settings: Settings | None = None, checks: Sequence[float] | None = None,
-                    partitions: int = 2, detect_worlds: int = 0,
+                    partitions: int = 2, detect_worlds: int = 0, detect_first: int = 0,
                     max_track_s: float = MAX_TRACK_S,
                     lead_s: float = TRACK_MARGIN_S) -> WorldsReport:
     """Run ``worlds`` seeds of ``scenario`` and summarise the calibration."""
@@ -717,7 +733,7 @@ def evaluate_worlds(scenario: Scenario, worlds: int, *, seed: int = 1,
     report = summarise(scenario, records, worlds, seed, offsets)
     if detect_worlds:
         report.detection = detection_over_worlds(scenario, detect_worlds, seed, settings, config,
-                                                 partitions=partitions,
+                                                 partitions=partitions, first=detect_first,
                                                  max_track_s=max_track_s, lead_s=lead_s)
     report.seconds = time.perf_counter() - started
     return report
@@ -748,10 +764,12 @@ def track_world(scenario: Scenario, index: int, seed: int, settings: Settings,
                 config: EstimationConfig, *, partitions: int = 2,
                 batch_s: float = 60.0, max_track_s: float = MAX_TRACK_S,
                 lead_s: float = TRACK_MARGIN_S) -> dict[str, Any]:
-    """One world run from start to end with a snapshot every history step into the
-    ``ShiftDetector``, as the leader does; share batches of ``batch_s`` (coarser than the
-    scenario's step, to keep the run short). Returns the alerts and the truth series."""
+    """One world tracked over ``track_span`` with the ``ShiftDetector`` fed every history step
+    what the leader would feed it (``OfflinePipeline.detection_step``); share batches of
+    ``batch_s`` (coarser than the scenario's step, to keep the run short). Returns the alerts
+    and the truth series."""
     from streams.sim import evaluate as ev
+    from streams.sim.model import shock_timeline
 
     rng = np.random.default_rng([seed, index, 0xDE7])
     start_ts = BASE_START_TS + index * WORLD_SPACING_S + float(rng.random()) * batch_s
@@ -764,53 +782,47 @@ def track_world(scenario: Scenario, index: int, seed: int, settings: Settings,
     step = settings.history_step_s
     position = 0
     alerts: list[dict[str, Any]] = []
-    history: dict[str, list[dict[str, Any]]] = {}
     t_rows: list[float] = []
-    net_rows: list[float] = []
-    share_rows: list[dict[str, float]] = []
+    capacities: list[FloatArray] = []
+    last_step = -math.inf
     offset = first + step
     while offset <= last + 1e-9:
         end_ts = start_ts + offset
         while position < len(blocks) and blocks[position]["time"] <= end_ts:
             pipeline.apply_block(encode(blocks[position]))
             position += 1
-        batches, _, _, _ = world.batches(offset, step)
-        for batch in batches:
+        for batch in world.batches(offset, step)[0]:
             pipeline.apply_batch(encode(batch.body), batch.pool_index)
-        made = pipeline.snapshot()
+        made = pipeline.detection_step()
         if made is not None:
-            snap, merged = made
-            step_t = (merged.as_of // step) * step
-            if snap["network"]["hashrate_hs"] is not None:
-                for series, point in history_points(snap, step_t).items():
-                    history.setdefault(series, []).append(point)
-                alerts.extend(detector.update(step_t, shares_for_detection(snap)))
-            capacity, _, _ = world.state(offset)
-            total = float(capacity.sum())
-            t_rows.append(start_ts + offset)
-            net_rows.append(total)
-            share_rows.append(dict(zip(world.codes, (world._leaf_roll @ capacity / total).tolist(),
-                                       strict=True)))
+            step_t, fed = made
+            if fed is not None and step_t > last_step:  # the leader: once per new step
+                alerts.extend(detector.update(step_t, fed))
+                last_step = step_t
+            t_rows.append(end_ts)
+            capacities.append(world.state(offset)[0])
         offset += step
-    from streams.sim.model import shock_timeline
-
     header = {"type": "scenario", "name": scenario.name, "start": start_ts + first,
               "end": start_ts + last,
               "shocks": [shock_timeline(s, start_ts) for s in scenario.shocks]}
-    shares = {c: np.array([row[c] for row in share_rows]) for c in world.codes}
-    truth = ev.Truth(header=header, t=np.array(t_rows), network_hs=np.array(net_rows),
-                     shares=shares, hashrates={c: s * np.array(net_rows)
-                                               for c, s in shares.items()},
+    capacity = np.array(capacities)
+    network = capacity.sum(axis=1)
+    rolled = capacity @ world._leaf_roll.T / network[:, None]
+    shares = {c: rolled[:, j] for j, c in enumerate(world.codes)}
+    truth = ev.Truth(header=header, t=np.array(t_rows), network_hs=network,
+                     shares=shares, hashrates={c: s * network for c, s in shares.items()},
                      sample_shares=shares)
-    return {"truth": truth, "history": history, "alerts": alerts}
+    return {"truth": truth, "alerts": alerts}
 
 
 def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: Settings,
-                          config: EstimationConfig, *, partitions: int = 2,
+                          config: EstimationConfig, *, partitions: int = 2, first: int = 0,
                           max_track_s: float = MAX_TRACK_S,
                           lead_s: float = TRACK_MARGIN_S) -> dict[str, Any]:
-    """Detection delay, misses and false alarms of the ShiftDetector over tracked worlds; per
-    shock also the delays on the shocked region itself (``by_region``: subdivisions too)."""
+    """Detection delay, misses and false alarms of the ShiftDetector over tracked worlds
+    ``first`` … ``first + worlds − 1`` (a long run split into parts gives the same worlds); per
+    shock also the delays on the shocked region itself (``by_region``: subdivisions too), and
+    the mirror effects the alerts labelled (not alerts of their own, not false alarms)."""
     from streams.sim import evaluate as ev
 
     delays: dict[str, list[float]] = {}
@@ -818,38 +830,55 @@ def detection_over_worlds(scenario: Scenario, worlds: int, seed: int, settings: 
     by_region: dict[str, dict[str, list[float | None]]] = {}
     false_alarms = 0
     weeks = 0.0
-    for index in range(worlds):
+    mirrors: dict[str, int] = {}
+    for index in range(first, first + worlds):
         run = track_world(scenario, index, seed, settings, config, partitions=partitions,
                           max_track_s=max_track_s, lead_s=lead_s)
         for shock in run["truth"].shocks:
-            entry = by_region.setdefault(shock["name"], {"onset": [], "recovery": []})
+            entry = by_region.setdefault(shock["name"], {"onset": []})
             onset, recovery = region_delays(shock, run["alerts"])
             entry["onset"].append(onset)
-            entry["recovery"].append(recovery)
-        report = ev.evaluate(run["truth"], run["history"], run["alerts"])
-        for shock in report.alerts.shocks:
+            if shock.get("recovery_start") is not None:  # a shock that comes back
+                entry.setdefault("recovery", []).append(recovery)
+        score = ev.score_alerts(run["truth"], run["alerts"])
+        for shock in score.shocks:
             status.setdefault(shock.shock, {})
             status[shock.shock][shock.status] = status[shock.shock].get(shock.status, 0) + 1
             if shock.delay_s is not None:
                 delays.setdefault(shock.shock, []).append(shock.delay_s)
-        false_alarms += report.alerts.false_alarms
-        weeks += report.alerts.evaluated_weeks
+        false_alarms += score.false_alarms
+        weeks += score.evaluated_weeks
+        for code in labelled_mirrors(run["alerts"]):
+            mirrors[code] = mirrors.get(code, 0) + 1
     return {
         "worlds": worlds,
+        "first_world": first,
         "shocks": {name: {"status": counts,
                           "median_delay_min": (float(np.median(delays[name])) / 60.0
                                                if delays.get(name) else None)}
                    for name, counts in status.items()},
-        "by_region": {name: {phase: {"runs": len(values),
-                                     "caught": sum(v is not None for v in values),
-                                     "delays_min": [None if v is None else v / 60.0
-                                                    for v in values]}
-                             for phase, values in entry.items()}
+        "by_region": {name: {phase: delay_summary(values) for phase, values in entry.items()}
                       for name, entry in by_region.items()},
         "false_alarms": false_alarms,
         "false_alarms_per_week": false_alarms / weeks if weeks > 0 else None,
         "evaluated_weeks": weeks,
+        "mirrors_labelled": mirrors,
     }
+
+
+def delay_summary(values: Sequence[float | None]) -> dict[str, Any]:
+    """Runs, catches and the delays (min): median, p90, max, and each run's (None: missed)."""
+    found = np.array([v for v in values if v is not None]) / 60.0
+    return {"runs": len(values), "caught": int(found.size),
+            "median_min": float(np.median(found)) if found.size else None,
+            "p90_min": float(np.percentile(found, 90)) if found.size else None,
+            "max_min": float(found.max()) if found.size else None,
+            "delays_min": [None if v is None else v / 60.0 for v in values]}
+
+
+def labelled_mirrors(alerts: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The regions the alerts of one run listed as mirror effects of their own shift."""
+    return {str(m) for a in alerts for m in a.get("mirrors") or ()}
 
 
 def region_delays(shock: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]]
@@ -976,10 +1005,11 @@ def _window_and_detection_lines(report: WorldsReport) -> list[str]:
                          f"{_f(entry['median_delay_min'], '.0f')} min")
         for name, phases in d.get("by_region", {}).items():
             for phase, row in phases.items():
-                found = sorted(v for v in row["delays_min"] if v is not None)
-                median = found[len(found) // 2] if found else None
                 lines.append(f"  {name:28s} own region, {phase}: caught {row['caught']} of "
-                             f"{row['runs']}, median delay {_f(median, '.0f')} min")
+                             f"{row['runs']}, delay median {_f(row['median_min'], '.1f')} / "
+                             f"p90 {_f(row['p90_min'], '.1f')} / max "
+                             f"{_f(row['max_min'], '.1f')} min")
+        lines.append(f"  mirror effects labelled (runs): {d.get('mirrors_labelled') or 'none'}")
     return lines
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,12 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.core.snapshot import SnapshotMemory, build_snapshot, merge_partials
+from streams.core.snapshot import (
+    SnapshotMemory,
+    build_snapshot,
+    merge_partials,
+    shares_for_detection,
+)
 from streams.models.chain import COVERAGE_BLOCKS, decode_chain_summary, encode_chain_summary
 from streams.models.partials import decode_share_partial, encode
 from streams.pipeline.state import ShareBatchPartition
@@ -138,6 +144,54 @@ def test_offline_snapshot_equals_the_worker_route() -> None:
         assert mine["hashrate_ci95_hs"] == pytest.approx(theirs["hashrate_ci95_hs"], rel=1e-9)
 
 
+def test_detection_step_feeds_what_the_leader_feeds() -> None:
+    """The tracked runs' lean step (headline window only, no account concentration, no
+    network-share intervals) gives exactly `shares_for_detection` of the full snapshot; and
+    nothing, as the leader, while the snapshot has no network hashrate (no chain yet)."""
+    scenario = small()
+    settings = Settings()
+    config = W.default_config(settings)
+    world = W.FastWorld(scenario, seed=7, start_ts=1_700_000_003.0)
+    batches, *_ = world.batches(3600.0, 400.0)
+    offline = W.OfflinePipeline(settings, config, partitions=2)
+    for batch in batches:
+        offline.apply_batch(W.encode(batch.body), batch.pool_index)
+    made = offline.snapshot()
+    assert made is not None and made[0]["network"]["hashrate_hs"] is None
+    step = offline.detection_step()
+    assert step is not None and step[1] is None
+    for block in world.blocks(3600.0):
+        offline.apply_block(W.encode(block))
+    made = offline.snapshot()
+    assert made is not None and made[0]["network"]["hashrate_hs"] is not None
+    step = offline.detection_step()
+    assert step is not None and step[1] is not None
+    assert step[0] == (made[1].as_of // settings.history_step_s) * settings.history_step_s
+    fed = shares_for_detection(made[0])
+    assert {"US", "US-TX", "NO", "KZ"} <= set(fed)
+    assert step[1] == fed and list(step[1]) == list(fed)  # the same order too
+
+
+def test_tracked_worlds_catch_a_blackout_and_count_its_delays() -> None:
+    """KZ (40 %) blacked out 40 min into a tracked run from a cold start: caught on KZ in both
+    worlds within 10 min; the summary's delays are the per-run ones, and a run of world 1 alone
+    (``first``) repeats the second world of the run of two."""
+    scenario = small("shocks:\n  - {name: kz-off, kind: blackout, region: KZ, at: 40m, "
+                     "over: 60s, factor: 0.2}\n")
+    settings = Settings()
+    result = W.detection_over_worlds(scenario, 2, 5, settings, W.default_config(settings),
+                                     lead_s=1800.0, max_track_s=3600.0)
+    onset = result["by_region"]["kz-off"]["onset"]
+    assert onset["runs"] == 2 and onset["caught"] == 2
+    assert all(d is not None and 0.0 < d <= 10.0 for d in onset["delays_min"])
+    assert onset["max_min"] == max(onset["delays_min"])
+    assert "recovery" not in result["by_region"]["kz-off"]  # a blackout does not come back
+    assert result["evaluated_weeks"] > 0.0
+    second = W.detection_over_worlds(scenario, 1, 5, settings, W.default_config(settings),
+                                     first=1, lead_s=1800.0, max_track_s=3600.0)
+    assert second["by_region"]["kz-off"]["onset"]["delays_min"] == onset["delays_min"][1:]
+
+
 def test_fast_world_rates_match_the_scenario() -> None:
     # Foundry holds 25 % of 100 EH/s; KZ is 40 % of the network: 10 EH/s of Foundry in KZ.
     world = W.FastWorld(small(), seed=1, start_ts=1_700_000_000.0)
@@ -168,7 +222,8 @@ def test_cli_offline_mode_prints_json(capsys: pytest.CaptureFixture[str], tmp_pa
 
     path = tmp_path / "small.yaml"
     path.write_text(SMALL + "evaluation: {checks: [1h]}\n", encoding="utf-8")
-    args = argparse.Namespace(scenario=path, worlds=1, seed=2, detect_worlds=0, partitions=2,
+    args = argparse.Namespace(scenario=path, worlds=1, seed=2, detect_worlds=0, detect_first=0,
+                              partitions=2,
                               truth=None, from_redis=False, from_api=None, json=Path("-"),
                               track_hours=12.0, lead_hours=2.0)
     assert cmd.run(args) == 0
@@ -271,6 +326,31 @@ def test_two_bucket_batches_land_as_the_numpy_path_places_them() -> None:
         fast.add_span(0, start, end, *values)
         buckets, fractions = _overlaps(start, end, 10.0)
         slow.add_many(0, buckets, fractions[:, None] * np.array([values]))
+    assert np.array_equal(fast.index, slow.index)
+    assert np.array_equal(fast.data, slow.data)
+
+
+def test_batches_over_a_few_buckets_land_as_the_numpy_path_places_them() -> None:
+    """`add_span`'s plain-float path for batches over 3–16 buckets (the tracked worlds' 60 s
+    batches, a slow proxy's) gives bit for bit the state `_overlaps` and `add_many` give,
+    including batches older than a slot's bucket and ones touching a bucket edge."""
+    from streams.core.shares import _BucketRing, _overlaps
+
+    rng = np.random.default_rng(11)
+    fast, slow = _BucketRing(10.0, 400.0), _BucketRing(10.0, 400.0)
+    fast.ensure_rows(2)
+    slow.ensure_rows(2)
+    spans = 0
+    for _ in range(800):
+        row = int(rng.integers(0, 2))
+        start = 1_700_000_000.0 + float(rng.integers(0, 900)) + float(rng.choice([0.0, 0.37]))
+        end = start + float(rng.choice([20.0, 60.0, 60.0, 33.3, 150.0, 159.63]))
+        values = (float(rng.integers(1, 50)), float(rng.random() * 1e6), float(rng.random()))
+        spans += math.floor(end / 10.0) - math.floor(start / 10.0) >= 2
+        fast.add_span(row, start, end, *values)
+        buckets, fractions = _overlaps(start, end, 10.0)
+        slow.add_many(row, buckets, fractions[:, None] * np.array([values]))
+    assert spans > 500  # most went through the new path
     assert np.array_equal(fast.index, slow.index)
     assert np.array_equal(fast.data, slow.data)
 
