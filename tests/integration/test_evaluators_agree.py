@@ -305,8 +305,15 @@ def assert_same_verdicts(live: Mapping[str, Any], offline: Mapping[str, Any], me
     held = {(r.series, r.kind): r.lower is not None and r.upper is not None
             and r.lower <= r.truth <= r.upper for r in records}
     assert held[(ev.NETWORK, "network")] == bool(scored[ev.NETWORK].hashrate_coverage)
+    served = {e["region"]: e for e in [*live["regions"], *live["subdivisions"]]}
     for code, cov in scored.items():
         if code == ev.NETWORK:
+            continue
+        if (code, "share") not in held:
+            # A listed country this world does not have: the live scorer judges its interval
+            # against a true share of 0, the offline one records only the world's own regions.
+            assert served[code]["observed"] is False, code
+            assert bool(cov.share_coverage), code
             continue
         assert held[(code, "share")] == bool(cov.share_coverage), code
         assert held[(code, "hashrate")] == bool(cov.hashrate_coverage), code
@@ -333,7 +340,12 @@ def assert_same_world(offset: float, live: Mapping[str, Any],
                            *live_net["hashrate_ci95_hs"]), (net.estimate, net.lower, net.upper))
     assert_close_intervals("coverage", true_c, (live_net["coverage"], *live_net["coverage_ci95"]),
                            (cov.estimate, cov.lower, cov.upper))
-    served = {e["region"]: e for e in [*live["regions"], *live["subdivisions"]]}
+    listed = {e["region"]: e for e in [*live["regions"], *live["subdivisions"]]}
+    # Listed countries no sampled pool shows (``observed`` false; this world has none of them)
+    # are served as [0, bound] and scored by the offline evaluator only if the world has them.
+    served = {code: e for code, e in listed.items() if e.get("observed", True)}
+    assert all(e["share"] == 0.0 and e["share_ci95"][0] == 0.0
+               for code, e in listed.items() if code not in served)
     assert {s for (s, k), r in mine.items() if k == "share" and r.estimate is not None} \
         == set(served)
     window_truth = sample_window_truth(truth, coverage, as_of, float(live["window_s"]))
