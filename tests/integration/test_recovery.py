@@ -109,7 +109,9 @@ async def test_redis_restarting_empty_is_rebuilt(
         restartable_redis.start()
         started = time.monotonic()
         client = redis.Redis.from_url(settings.redis_url)
-        assert client.dbsize() == 0
+        # Empty at start (nothing loaded from disk); dbsize() would race the worker's partials,
+        # which it writes every 0.5 s and may already have written again.
+        assert client.info("persistence")["rdb_last_load_keys_loaded"] == 0
         deadline = time.monotonic() + 30
         while True:
             after = {series: _history(client, keys, series) for series in before}
@@ -122,7 +124,7 @@ async def test_redis_restarting_empty_is_rebuilt(
         assert client.zrange(keys.blocks, 0, -1) == blocks_before
         snapshot = read_snapshot(settings)
         assert snapshot is not None
-        assert {r["region"] for r in snapshot["regions"]} == {"US", "KZ"}
+        assert {r["region"] for r in snapshot["regions"] if r["observed"]} == {"US", "KZ"}
         assert orjson.loads(before["network"][0])["t"] == orjson.loads(after["network"][0])["t"]
         client.close()
         print(f"Redis rebuilt {recovered_s:.1f} s after it came back empty")
