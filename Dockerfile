@@ -9,6 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# jemalloc: the compactor and workers preload it (HASHATLAS_ALLOCATOR), so RSS stays flat.
+RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies and package first, so editing scenarios does not reinstall everything.
 COPY pyproject.toml README.md ./
 COPY streams ./streams

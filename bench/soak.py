@@ -485,7 +485,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="hashatlas-soak-"))
     async with private_stack(folder / "stack") as stack, \
             isolated_run("soak", **stack) as run:
-        settings = run.settings.model_copy(update={"malloc_trim": not args.no_malloc_trim})
+        settings = run.settings.model_copy(update={"malloc_trim": not args.no_malloc_trim,
+                                                   "allocator": args.allocator})
         compactor = Compactor(settings, run.workdir, "compactor", metrics_port=free_port())
         trace_folder = folder / "trace"
         worker, worker_metrics_port = await start_worker(args, settings, run.workdir,
@@ -553,7 +554,8 @@ def judged(args: argparse.Namespace, samples: list[Sample], feed: Feed,
     return {
         "benchmark": "soak",
         "machine": machine(),
-        "parameters": {"minutes": args.minutes, "share_rate_hz": args.share_rate,
+        "parameters": {"minutes": args.minutes, "allocator": args.allocator,
+                       "share_rate_hz": args.share_rate,
                        "batch_rate_hz": args.batch_rate, "sample_every_s": args.every,
                        "backlog_hours": args.backlog_hours, "speed": args.speed,
                        "catch_up_share_rate_hz": args.catch_up_share_rate,
@@ -630,6 +632,9 @@ def main() -> None:
     parser.add_argument("--no-malloc-trim", action="store_true",
                         help="run the worker with HASHATLAS_MALLOC_TRIM=false (malloc keeps "
                              "freed memory, as before #18's fix)")
+    parser.add_argument("--allocator", choices=["jemalloc", "system"], default="jemalloc",
+                        help="HASHATLAS_ALLOCATOR of the compactor and the worker (system: "
+                             "glibc's malloc, as before #18's fix)")
     parser.add_argument("--trace-worker", action="store_true",
                         help="run the worker under tracemalloc and report what grew")
     parser.add_argument("--trace-every", type=float, default=60.0,

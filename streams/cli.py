@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from api import command as api_command
+from streams.allocator import reexec_with_jemalloc
 from streams.commands import blocks as blocks_command
 from streams.commands import cbeci as cbeci_command
 from streams.commands import evaluate as evaluate_command
@@ -17,7 +18,7 @@ from streams.commands import proxy as proxy_command
 from streams.commands import simulate as simulate_command
 from streams.commands import sites as sites_command
 from streams.logs import limit_repeated_kafka_logs
-from streams.settings import PROJECT_ROOT, get_settings
+from streams.settings import PROJECT_ROOT, Settings, get_settings
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -47,11 +48,21 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_configured_allocator(settings: Settings) -> None:
+    """Re-execute with jemalloc preloaded when configured and installed (see streams.allocator);
+    says so on stderr when the process stays on glibc's malloc."""
+    if settings.allocator == "jemalloc":
+        used = reexec_with_jemalloc()
+        if used != "jemalloc":
+            print(f"hashatlas: allocator {used}", file=sys.stderr)
+
+
 def _compactor(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _use_configured_allocator(settings)
     from streams.metrics import serve_metrics
     from streams.pipeline.compactor import run_compactor
 
-    settings = get_settings()
     serve_metrics(settings.metrics_port_base if args.metrics_port is None else args.metrics_port,
                   settings.metrics_host)
     run_compactor(settings, args.instance)
@@ -59,10 +70,11 @@ def _compactor(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    _use_configured_allocator(settings)
     from streams.metrics import serve_metrics
     from streams.pipeline.worker import run_worker
 
-    settings = get_settings()
     serve_metrics(settings.metrics_port_base + 1 if args.metrics_port is None
                   else args.metrics_port, settings.metrics_host)
     run_worker(settings, args.loglevel)

@@ -81,8 +81,9 @@ CHECKPOINTS = Counter(
 )
 MALLOC_BYTES = Gauge(
     "hashatlas_malloc_bytes",
-    "What the C allocator holds for this process: in_use (allocated) and free (freed but kept "
-    "in its arenas, read just before the periodic malloc_trim gives it back)",
+    "What the C allocator (jemalloc, or glibc's malloc) holds for this process: in_use "
+    "(allocated) and free (resident in its pages but not allocated; under glibc read just "
+    "before the periodic malloc_trim)",
     ["state"],
 )
 

@@ -116,8 +116,11 @@ class PipelineSettings(BaseModel):
     shift_min_subdivision_share: float = Field(default=0.02, ge=0.0, le=1.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
     compact_interval_s: float = Field(default=1.0, gt=0.0)
-    #: Workers hand malloc's free pages back to the system every 30 s (``malloc_trim``): without
-    #: it glibc keeps freed chunks and a worker's RSS creeps up while its live data do not.
+    #: The compactor and workers re-execute themselves with jemalloc preloaded when it is
+    #: installed: under glibc's malloc a worker's RSS crept up ~0.5 MiB/min with fragmentation.
+    allocator: Literal["jemalloc", "system"] = "jemalloc"
+    #: Under glibc, workers hand malloc's free pages back to the system every 30 s
+    #: (``malloc_trim``); it lowers RSS by a constant but not the fragmentation's slope.
     malloc_trim: bool = True
     alert_webhook_url: str | None = None
     alert_webhook_secret: SecretStr | None = None

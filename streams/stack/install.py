@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from streams.allocator import jemalloc_installed
 from streams.settings import PROJECT_ROOT, Settings
 from streams.stack.process import StackError, log
 
@@ -31,6 +32,8 @@ def apt_install(packages: list[str]) -> None:
 
 def ensure_debian_tools(need_prometheus: bool, need_browser: bool = False) -> None:
     missing = [] if shutil.which("redis-server") else ["redis-server"]
+    if not jemalloc_installed():
+        missing.append("libjemalloc2")
     if need_browser and not shutil.which("chromium"):
         missing.append("chromium")
     if need_browser and not shutil.which("chromedriver"):
