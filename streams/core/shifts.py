@@ -355,8 +355,10 @@ class ShiftEngine:
 
     def _mirrors(self, share: FloatArray, sigma: FloatArray, open_: BoolArray,
                  direction_now: FloatArray) -> tuple[IntArray, IntArray]:
-        """Quiet series whose unadjusted CUSUM passed h while the adjusted one did not: each is
-        the mirror of the opposite shift (same map, no overlap) that moved the most."""
+        """Quiet series whose unadjusted CUSUM passed h while the adjusted one did not, and
+        whose move the shifts explain (the move against the rest of the map is at most half
+        the plain one; more is a move of its own under way): each is the mirror of the
+        opposite shift (same map, no overlap) that moved the most."""
         p = self.params
         z = np.clip((share - self.baseline) / sigma, -p.z_cap, p.z_cap)
         quiet = self.direction == 0
@@ -364,11 +366,14 @@ class ShiftEngine:
                                                   2 * p.h), 0.0)
         self.raw_neg = np.where(quiet, np.minimum(np.maximum(0.0, self.raw_neg - z - p.k),
                                                   2 * p.h), 0.0)
-        moved = open_ & ((self.raw_pos > p.h) | (self.raw_neg > p.h))
+        plain = share - self.baseline
+        explained = (np.abs(self.mirror_adjusted(direction_now != 0, share, self.baseline))
+                     <= 0.5 * np.abs(plain))
+        moved = open_ & ((self.raw_pos > p.h) | (self.raw_neg > p.h)) & explained
         self.mirror_of[~moved] = np.nan
         mirrored: list[int] = []
         sources: list[int] = []
-        size = np.abs(share - self.baseline)
+        size = np.abs(plain)
         for j in np.flatnonzero(moved & np.isnan(self.mirror_of)).tolist():
             opposite = -1.0 if self.raw_pos[j] >= self.raw_neg[j] else 1.0
             candidates = ((direction_now == opposite) & (self.group == self.group[j])

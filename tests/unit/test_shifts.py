@@ -428,3 +428,23 @@ def test_slow_moves_and_subdivision_curtailments_are_caught(case: str, minimum: 
     print(f"\n{case}: {result}")
     assert result["rate"] >= minimum
     assert result["false_before"] == 0
+
+
+def test_a_slow_transfer_does_not_list_either_side_as_the_others_mirror() -> None:
+    """CN's hashrate moving to KZ over 12 h (China's 2021 ban, compressed): KZ's rise fired
+    first and listed CN as its mirror, although CN was falling on its own and fired later
+    (#14). A region with a shift of its own is never listed as another's mirror."""
+    detector = ShiftDetector()
+    for minute in range(180):
+        detector.update(minute * 60.0, {r: (s, 0.002) for r, s in JAN_2022_MAP.items()})
+    emitted = []
+    for minute in range(180, 180 + 16 * 60):
+        moved_pp = 0.10 * min((minute - 180) / (12 * 60), 1.0)
+        now = {**JAN_2022_MAP, "CN": JAN_2022_MAP["CN"] - moved_pp,
+               "KZ": JAN_2022_MAP["KZ"] + moved_pp}
+        emitted += detector.update(minute * 60.0, {r: (s, 0.002) for r, s in now.items()})
+    fired = {(a["region"], a["direction"]) for a in emitted if a["state"] == "firing"}
+    assert {("CN", "down"), ("KZ", "up")} <= fired
+    listed = {region for a in [*emitted, *detector.active()] for region in a["mirrors"]
+              if a["region"] in ("CN", "KZ")}
+    assert not listed & {"CN", "KZ"}, listed
