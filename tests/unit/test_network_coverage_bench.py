@@ -9,23 +9,9 @@ import pytest
 
 from bench.network_coverage import Calibration, collect, interval, score, served_matches
 from streams.sim.scenario import parse_scenario
+from tests.small_scenarios import small_scenario_yaml
 
-SMALL = """
-name: small
-duration: 2h
-step_s: 10
-seed: 3
-network: {hashrate_ehs: 100, noise_sigma: 0.0}
-chain: {start_height: 800000, retarget: false, difficulty: 14.0e12, history_blocks: 300}
-market: {btc_usd: 30000}
-regions: {US: 50, KZ: 50}
-machines:
-  - {model: S19, hashrate_ths: [95, 110], share_pct: 100}
-pools:
-  - {name: Foundry USA, network_share_pct: 25, sampled: true, share_interval: 10s}
-  - {name: ViaBTC, network_share_pct: 15, sampled: true, share_interval: 5s}
-  - {name: AntPool, network_share_pct: 60}
-"""
+SMALL = small_scenario_yaml('{US: 50, KZ: 50}', antpool_pct=60)
 
 
 def test_recomputed_intervals_are_the_served_ones() -> None:

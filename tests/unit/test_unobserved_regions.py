@@ -25,6 +25,7 @@ from streams.core.unobserved_regions import bounded_shares, unobserved_bound
 from streams.models.snapshot import EstimateSnapshot
 from streams.sim import worlds as W
 from streams.sim.scenario import parse_scenario
+from tests.small_scenarios import small_scenario_yaml
 from tests.unit.test_snapshot import _build, _sample
 
 DATA = Path(__file__).resolve().parents[2] / "streams" / "data" / "mining_regions.csv"
@@ -150,24 +151,9 @@ def test_the_snapshot_lists_unseen_known_countries_outside_detection_and_history
     assert {r["region"] for r in _build(_sample())["regions"]} == {"US", "KZ", "CN"}
 
 
-UNSEEN = """
-name: unseen
-duration: 2h
-step_s: 10
-seed: 3
-network: {hashrate_ehs: 100, noise_sigma: 0.0}
-chain: {start_height: 800000, retarget: false, difficulty: 14.0e12, history_blocks: 300}
-market: {btc_usd: 30000}
-regions: {US: 50, "NO": 10, KZ: 40}
-machines:
-  - {model: S19, hashrate_ths: [95, 110], share_pct: 100}
-pools:
-  - {name: Foundry USA, network_share_pct: 25, sampled: true, share_interval: 10s,
-     mix: {US: 100}}
-  - {name: ViaBTC, network_share_pct: 15, sampled: true, share_interval: 5s, mix: {KZ: 100}}
-  - {name: AntPool, network_share_pct: 50}
-evaluation: {checks: [1h, 2h]}
-"""
+UNSEEN = small_scenario_yaml('{US: 50, "NO": 10, KZ: 40}', antpool_pct=50,
+                             foundry_mix="{US: 100}", viabtc_mix="{KZ: 100}",
+                             extra="evaluation: {checks: [1h, 2h]}\n")
 
 
 def test_a_country_only_unsampled_pools_mine_is_served_and_covered() -> None:

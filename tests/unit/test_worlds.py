@@ -31,25 +31,11 @@ from streams.settings import Settings
 from streams.sim import worlds as W
 from streams.sim.model import Simulator, build_world
 from streams.sim.scenario import ScenarioError, load_scenario, parse_scenario
+from tests.small_scenarios import small_scenario_yaml
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
-SMALL = """
-name: small
-duration: 2h
-step_s: 10
-seed: 3
-network: {hashrate_ehs: 100, noise_sigma: 0.0}
-chain: {start_height: 800000, retarget: false, difficulty: 14.0e12, history_blocks: 300}
-market: {btc_usd: 30000}
-regions: {US-TX: 30, US: 20, "NO": 10, KZ: 40}
-machines:
-  - {model: S19, hashrate_ths: [95, 110], share_pct: 100}
-pools:
-  - {name: Foundry USA, network_share_pct: 25, sampled: true, share_interval: 10s}
-  - {name: ViaBTC, network_share_pct: 15, sampled: true, share_interval: 5s}
-  - {name: AntPool, network_share_pct: 50}
-"""
+SMALL = small_scenario_yaml('{US-TX: 30, US: 20, "NO": 10, KZ: 40}', antpool_pct=50)
 
 
 def small(extra: str = "") -> Any:
