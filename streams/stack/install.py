@@ -32,8 +32,6 @@ def apt_install(packages: list[str]) -> None:
 
 def ensure_debian_tools(need_prometheus: bool, need_browser: bool = False) -> None:
     missing = [] if shutil.which("redis-server") else ["redis-server"]
-    if not jemalloc_installed():
-        missing.append("libjemalloc2")
     if need_browser and not shutil.which("chromium"):
         missing.append("chromium")
     if need_browser and not shutil.which("chromedriver"):
@@ -44,6 +42,11 @@ def ensure_debian_tools(need_prometheus: bool, need_browser: bool = False) -> No
         missing.append("prometheus-alertmanager")
     if missing:
         apt_install(missing)
+    if not jemalloc_installed():  # wanted, not required: without it processes keep glibc's
+        try:
+            apt_install(["libjemalloc2"])
+        except StackError as exc:
+            log(f"jemalloc not installed, pipeline processes use glibc's malloc: {exc}")
 
 
 def kafka_libs(settings: Settings) -> Path:
