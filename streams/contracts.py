@@ -298,7 +298,8 @@ class RegionalShiftAlert(BaseModel):
     relative_change: float
     score: float
     #: Regions whose share moved past the threshold only because this region's share moved
-    #: (shares sum to one): reported here instead of as alerts of their own.
+    #: (shares sum to one; their move against the rest of the map is at most half their plain
+    #: move): reported here instead of as alerts of their own.
     mirrors: list[str] = []
     state: Literal["firing", "resolved"]
 
