@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# jemalloc: the compactor and workers preload it (HASHATLAS_ALLOCATOR), so RSS stays flat.
+# jemalloc: the compactor and workers preload it (HASHATLAS_ALLOCATOR): less fragmentation.
 RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 \
     && rm -rf /var/lib/apt/lists/*
 

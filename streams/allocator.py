@@ -34,7 +34,6 @@ class _MallInfo2(ctypes.Structure):
 class HeapStats:
     """What the allocator holds for this process, in bytes."""
 
-    allocator: str  # "jemalloc" or "glibc"
     in_use_bytes: int  # allocated to the program
     free_bytes: int  # resident in the allocator's pages but not allocated (fragmentation)
 
@@ -97,7 +96,7 @@ def _jemalloc_stats() -> HeapStats:
     _process().mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch))
     allocated = _mallctl_size("stats.allocated")
     resident = _mallctl_size("stats.resident")
-    return HeapStats("jemalloc", allocated, max(resident - allocated, 0))
+    return HeapStats(allocated, max(resident - allocated, 0))
 
 
 def heap_stats() -> HeapStats | None:
@@ -108,7 +107,7 @@ def heap_stats() -> HeapStats | None:
     if libc is None:
         return None
     info = libc.mallinfo2()
-    return HeapStats("glibc", info.uordblks + info.hblkhd, info.fordblks)
+    return HeapStats(info.uordblks + info.hblkhd, info.fordblks)
 
 
 def release_free_memory() -> bool:

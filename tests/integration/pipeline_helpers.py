@@ -58,6 +58,24 @@ class CliProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+async def wait_for(process: CliProcess, condition: Callable[[], bool], timeout_s: float,
+                   what: str) -> float:
+    """Seconds until ``condition()`` holds; fails with the process's log if it exits first or
+    ``timeout_s`` passes."""
+    started = time.monotonic()
+    while not condition():
+        assert process.proc.poll() is None, f"process exited:\n{process.log_tail()}"
+        assert time.monotonic() - started < timeout_s, f"no {what}:\n{process.log_tail()}"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def wait_for_log(process: CliProcess, text: str, timeout_s: float) -> float:
+    """Seconds until ``text`` appears in the process's log."""
+    return await wait_for(process, lambda: text in process.log_path.read_text(errors="replace"),
+                          timeout_s, repr(text))
+
+
 class Worker(CliProcess):
     """One ``hashatlas worker``."""
 

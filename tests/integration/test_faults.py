@@ -38,6 +38,7 @@ from tests.integration.pipeline_helpers import (
     produce_keyed,
     read_snapshot,
     share_batches,
+    wait_for_log,
     wait_for_snapshot,
 )
 
@@ -95,16 +96,6 @@ async def time_until_covered(settings: Settings, expected: dict[int, int], since
 # which is how an operator shortens them too.
 FAST_FAILOVER_ENV = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1",
                      "BROKER_REBALANCE_TIMEOUT": "20"}
-
-
-async def wait_for_log(worker: Worker, text: str, timeout_s: float) -> float:
-    """Seconds until ``text`` appears in the worker's log."""
-    started = time.monotonic()
-    while text not in worker.log_path.read_text(errors="replace"):
-        assert worker.proc.poll() is None, f"worker exited:\n{worker.log_tail()}"
-        assert time.monotonic() - started < timeout_s, f"no {text!r}:\n{worker.log_tail()}"
-        await asyncio.sleep(0.1)
-    return time.monotonic() - started
 
 
 class Flow:
