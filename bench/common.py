@@ -398,6 +398,18 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return values.get("VmRSS", math.nan), values.get("VmHWM", math.nan)
 
 
+def rss_parts_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident memory of a process in MiB (RssAnon, RssFile): heap
+    growth shows in the first, libraries and mapped files paged in later in the second."""
+    values: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("RssAnon", "RssFile"):
+                values[name] = float(rest.split()[0]) / 1024.0
+    return values.get("RssAnon", math.nan), values.get("RssFile", math.nan)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (/proc/PID/stat)."""
     try:

@@ -82,6 +82,7 @@ from bench.common import (
     machine,
     print_table,
     rss_mb,
+    rss_parts_mb,
     started_worker,
     stop_processes,
     wait_for_log,
@@ -125,6 +126,8 @@ class Sample:
     api_statuses: dict[str, int]
     worker_malloc_in_use_mb: float = math.nan
     worker_malloc_free_mb: float = math.nan
+    worker_rss_anon_mb: float = math.nan
+    worker_rss_file_mb: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -320,8 +323,10 @@ def verdict(stats: dict[str, Any], name: str, second_half_min: float) -> bool:
 
 #: Series whose rule is a bound on the slope after warm-up, not flatness.
 RSS_SLOPE_RULED = ("compactor_rss_mb", "worker_rss_mb")
-#: Reported, not ruled: where the worker's RSS goes (malloc's live bytes or its kept free ones).
-MALLOC_SERIES = ("worker_malloc_in_use_mb", "worker_malloc_free_mb")
+#: Reported, not ruled: where the worker's RSS goes (malloc's live bytes or its kept free ones;
+#: anonymous or file-backed pages).
+MALLOC_SERIES = ("worker_malloc_in_use_mb", "worker_malloc_free_mb", "worker_rss_anon_mb",
+                 "worker_rss_file_mb")
 
 
 def rss_slope(samples: list[Sample], name: str) -> float:
@@ -398,7 +403,8 @@ def announce(args: argparse.Namespace, clock: EventClock, warmup_s: float, workd
              ) -> None:
     headers = ["t s", "compactor MiB", "worker MiB", "api MiB", "compactor lag", "worker lag",
                "applied lag", "publish delay s", "age s", "shares", "errors",
-               "malloc in use MiB", "malloc free MiB"]
+               "malloc in use MiB", "malloc free MiB", "worker anon MiB",
+               "worker file MiB"]
     print(f"soak: {args.share_rate:g} shares/s + {args.batch_rate:g} share_batch/s "
           f"for {args.minutes:g} min, a sample every {args.every:g} s; event time "
           f"{args.backlog_hours:g} h behind at {args.speed:g}x (fed "
@@ -432,9 +438,11 @@ async def take_sample(settings: Settings, redis: aioredis.Redis, lag: Lag, feed:
                       api_counts: dict[str, int], started: float, pids: dict[str, int],
                       worker_metrics_port: int) -> Sample:
     """RSS of each process, consumer lags, the snapshot's delay and age, the feed's counts,
-    and what malloc holds in the worker (in use, and free but kept until its next trim)."""
+    and what malloc holds in the worker (in use, and free but kept until its next trim) and
+    its RSS split into anonymous and file-backed pages."""
     malloc = await asyncio.to_thread(malloc_mb, worker_metrics_port)
     keys = RedisKeys(settings.redis_prefix)
+    anon_mb, file_mb = rss_parts_mb(pids["worker"])
     fields = await redis.hmget(keys.snapshot, ["json", "published_at"])
     body = orjson.loads(fields[0]) if fields[0] else {}
     published = float(fields[1]) if fields[1] else math.nan
@@ -457,6 +465,7 @@ async def take_sample(settings: Settings, redis: aioredis.Redis, lag: Lag, feed:
         api_statuses=dict(api_counts),
         worker_malloc_in_use_mb=malloc.get("in_use", math.nan),
         worker_malloc_free_mb=malloc.get("free", math.nan),
+        worker_rss_anon_mb=anon_mb, worker_rss_file_mb=file_mb,
     )
 
 
@@ -465,7 +474,8 @@ def print_sample(sample: Sample) -> None:
         sample.t_s, sample.compactor_rss_mb, sample.worker_rss_mb, sample.api_rss_mb,
         sample.compactor_lag, sample.worker_lag, sample.worker_applied_lag,
         sample.publish_delay_s, sample.snapshot_age_s, sample.shares_sent, sample.feed_errors,
-        sample.worker_malloc_in_use_mb, sample.worker_malloc_free_mb)),
+        sample.worker_malloc_in_use_mb, sample.worker_malloc_free_mb,
+        sample.worker_rss_anon_mb, sample.worker_rss_file_mb)),
           flush=True)
 
 
