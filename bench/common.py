@@ -387,27 +387,23 @@ async def wait_first_progress(ports: Sequence[int], topic: str, timeout_s: float
     raise TimeoutError(f"no consumption of {topic} within {timeout_s} s")
 
 
+def status_mb(pid: int, names: tuple[str, ...]) -> dict[str, float]:
+    """Memory fields of /proc/PID/status in MiB (e.g. VmRSS, VmHWM; RssAnon and RssFile split
+    RSS into anonymous pages, where heap growth shows, and file-backed ones); NaN for a field
+    missing or a process gone."""
+    values = dict.fromkeys(names, math.nan)
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in values:
+                values[name] = float(rest.split()[0]) / 1024.0
+    return values
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident set size of a process in MiB, from /proc (VmRSS, VmHWM)."""
-    values: dict[str, float] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = float(rest.split()[0]) / 1024.0
-    return values.get("VmRSS", math.nan), values.get("VmHWM", math.nan)
-
-
-def rss_parts_mb(pid: int) -> tuple[float, float]:
-    """(anonymous, file-backed) resident memory of a process in MiB (RssAnon, RssFile): heap
-    growth shows in the first, libraries and mapped files paged in later in the second."""
-    values: dict[str, float] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in ("RssAnon", "RssFile"):
-                values[name] = float(rest.split()[0]) / 1024.0
-    return values.get("RssAnon", math.nan), values.get("RssFile", math.nan)
+    values = status_mb(pid, ("VmRSS", "VmHWM"))
+    return values["VmRSS"], values["VmHWM"]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -82,8 +82,8 @@ from bench.common import (
     machine,
     print_table,
     rss_mb,
-    rss_parts_mb,
     started_worker,
+    status_mb,
     stop_processes,
     wait_for_log,
 )
@@ -325,8 +325,8 @@ def verdict(stats: dict[str, Any], name: str, second_half_min: float) -> bool:
 RSS_SLOPE_RULED = ("compactor_rss_mb", "worker_rss_mb")
 #: Reported, not ruled: where the worker's RSS goes (malloc's live bytes or its kept free ones;
 #: anonymous or file-backed pages).
-MALLOC_SERIES = ("worker_malloc_in_use_mb", "worker_malloc_free_mb", "worker_rss_anon_mb",
-                 "worker_rss_file_mb")
+WORKER_MEMORY_SERIES = ("worker_malloc_in_use_mb", "worker_malloc_free_mb",
+                        "worker_rss_anon_mb", "worker_rss_file_mb")
 
 
 def rss_slope(samples: list[Sample], name: str) -> float:
@@ -442,14 +442,14 @@ async def take_sample(settings: Settings, redis: aioredis.Redis, lag: Lag, feed:
     its RSS split into anonymous and file-backed pages."""
     malloc = await asyncio.to_thread(malloc_mb, worker_metrics_port)
     keys = RedisKeys(settings.redis_prefix)
-    anon_mb, file_mb = rss_parts_mb(pids["worker"])
+    worker = status_mb(pids["worker"], ("VmRSS", "RssAnon", "RssFile"))
     fields = await redis.hmget(keys.snapshot, ["json", "published_at"])
     body = orjson.loads(fields[0]) if fields[0] else {}
     published = float(fields[1]) if fields[1] else math.nan
     return Sample(
         t_s=round(time.monotonic() - started, 1),
         compactor_rss_mb=rss_mb(pids["compactor"])[0],
-        worker_rss_mb=rss_mb(pids["worker"])[0],
+        worker_rss_mb=worker["VmRSS"],
         api_rss_mb=rss_mb(pids["api"])[0],
         compactor_lag=await lag.of(f"{settings.app_id}-compactor", settings.topics.shares,
                                    settings.partitions.shares),
@@ -465,7 +465,7 @@ async def take_sample(settings: Settings, redis: aioredis.Redis, lag: Lag, feed:
         api_statuses=dict(api_counts),
         worker_malloc_in_use_mb=malloc.get("in_use", math.nan),
         worker_malloc_free_mb=malloc.get("free", math.nan),
-        worker_rss_anon_mb=anon_mb, worker_rss_file_mb=file_mb,
+        worker_rss_anon_mb=worker["RssAnon"], worker_rss_file_mb=worker["RssFile"],
     )
 
 
@@ -583,7 +583,8 @@ def judged(args: argparse.Namespace, samples: list[Sample], feed: Feed,
         "steady_samples": len(steady),
         "stats": stats,
         "rss_slope_mib_per_min": slopes,
-        "malloc_slope_mib_per_min": {name: rss_slope(steady, name) for name in MALLOC_SERIES},
+        "malloc_slope_mib_per_min": {name: rss_slope(steady, name)
+                                     for name in WORKER_MEMORY_SERIES},
         "passed": passed,
         "heap_growth": heap,
         "samples": [asdict(s) for s in samples],
@@ -608,7 +609,7 @@ def report(result: dict[str, Any]) -> None:
           f"({feed['mean_share_rate_hz']:,.0f} shares/s), {feed['errors']} send errors, at "
           f"most {feed['max_behind_s']:.2f} s behind schedule; API polls: {polls}")
     malloc = result.get("malloc_slope_mib_per_min", {})
-    print("worker malloc slope after warm-up: "
+    print("worker memory slopes after warm-up (malloc; anonymous / file-backed pages): "
           + ", ".join(f"{name} {slope:+.3f} MiB/min" for name, slope in malloc.items()))
     heap = result.get("heap_growth")
     if heap and "top" in heap:
