@@ -43,7 +43,6 @@ from streams.kafka import client_options
 from streams.rediskeys import RedisKeys
 from streams.settings import Partitions, Settings, Topics
 from streams.topics import create_topics
-from tests.conftest import free_port
 from tests.integration.pipeline_helpers import (
     Compactor,
     Worker,
@@ -52,6 +51,7 @@ from tests.integration.pipeline_helpers import (
 # End offsets as the pipeline tests read them, re-exported for the benchmarks.
 from tests.integration.pipeline_helpers import data_ends as data_ends
 from tests.integration.pipeline_helpers import topic_ends as topic_ends
+from tests.net import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -406,13 +406,40 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return values["VmRSS"], values["VmHWM"]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (/proc/PID/stat)."""
+@dataclass(frozen=True)
+class ProcessCounters:
+    """A process's CPU seconds and minor page faults so far (/proc/PID/stat): the split says
+    whether extra CPU is the program's own (user) or the kernel's, e.g. refaulting memory an
+    allocator handed back (#13)."""
+
+    user_s: float
+    system_s: float
+    minor_faults: float
+
+    def __sub__(self, other: ProcessCounters) -> ProcessCounters:
+        return ProcessCounters(self.user_s - other.user_s, self.system_s - other.system_s,
+                               self.minor_faults - other.minor_faults)
+
+    def per_event(self, events: float) -> dict[str, float]:
+        """µs of user and system CPU and minor faults per 1,000 events."""
+        return {"user_us": 1e6 * self.user_s / events, "system_us": 1e6 * self.system_s / events,
+                "minor_faults_per_kevent": 1e3 * self.minor_faults / events}
+
+
+def process_counters(pid: int) -> ProcessCounters:
+    """What the process has used so far (NaN once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return ProcessCounters(math.nan, math.nan, math.nan)
+    tick = os.sysconf("SC_CLK_TCK")
+    return ProcessCounters(int(fields[11]) / tick, int(fields[12]) / tick, float(fields[7]))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/PID/stat)."""
+    counters = process_counters(pid)
+    return counters.user_s + counters.system_s
 
 
 class RssSampler:

@@ -31,7 +31,7 @@ async def measure(label: str, shares: int, batches: int) -> dict[str, Any]:
                                      throughput._share_stream(shares, t0, regions))
         result = await throughput.hashatlas_single_shares(run, loaded, False)
         out["single_shares"] = {key: result[key] for key in (
-            "events_per_s", "compactor_events_per_s", "cpu_us_per_event")}
+            "events_per_s", "compactor_events_per_s", "cpu_us_per_event", "cpu_split_per_event")}
     async with isolated_run("cpub") as run:
         loaded = await produce_keyed(run.settings, run.settings.topics.compacted_shares,
                                      batch_chunks(batches, seed=2, t0=t0,

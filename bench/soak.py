@@ -644,8 +644,8 @@ def main() -> None:
                         help="run the worker with HASHATLAS_MALLOC_TRIM=false (malloc keeps "
                              "freed memory, as before #18's fix)")
     parser.add_argument("--allocator", choices=["jemalloc", "system"], default="jemalloc",
-                        help="HASHATLAS_ALLOCATOR of the compactor and the worker (system: "
-                             "glibc's malloc, as before #18's fix)")
+                        help="HASHATLAS_ALLOCATOR of the worker (system: glibc's malloc, as "
+                             "before #18's fix; the compactor keeps its own default, glibc)")
     parser.add_argument("--trace-worker", action="store_true",
                         help="run the worker under tracemalloc and report what grew")
     parser.add_argument("--trace-every", type=float, default=60.0,

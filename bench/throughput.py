@@ -60,6 +60,7 @@ from bench.common import (
     isolated_run,
     machine,
     print_table,
+    process_counters,
     produce_keyed,
     rate,
     region_codes,
@@ -257,14 +258,15 @@ async def hashatlas_single_shares(run: Run, loaded: Loaded, profile: bool) -> di
     try:
         t_first, before = await wait_first_progress([compactor_port], settings.topics.shares,
                                                     timeout_s)
-        cpu_first = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        counters_first = {name: process_counters(pid) for name, pid in pids.items()}
         profiles = _profiles(pids, "shares", profile)
         shares_ends = await topic_ends(settings, settings.topics.shares)
         t_drained = await wait_group_caught_up(settings, f"{settings.app_id}-compactor",
                                                shares_ends, settings.topics.shares, timeout_s)
         expected = await data_ends(settings, settings.topics.compacted_shares)
         seen = await watcher.wait_including(expected, timeout_s)
-        cpu = {name: cpu_seconds(pid) - cpu_first[name] for name, pid in pids.items()}
+        used = {name: process_counters(pid) - counters_first[name]
+                for name, pid in pids.items()}
     finally:
         profile_summary = _finish_profiles(profiles)
         stop_processes(compactor, worker)
@@ -280,7 +282,9 @@ async def hashatlas_single_shares(run: Run, loaded: Loaded, profile: bool) -> di
         "compactor_events_per_s": rate(measured, t_drained - t_first),
         "share_batches": batches,
         "shares_per_batch": loaded.messages / batches if batches else math.nan,
-        "cpu_us_per_event": {name: 1e6 * s / measured for name, s in cpu.items()},
+        "cpu_us_per_event": {name: 1e6 * (c.user_s + c.system_s) / measured
+                             for name, c in used.items()},
+        "cpu_split_per_event": {name: c.per_event(measured) for name, c in used.items()},
         "profiles": profile_summary,
     }
 

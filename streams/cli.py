@@ -18,7 +18,7 @@ from streams.commands import proxy as proxy_command
 from streams.commands import simulate as simulate_command
 from streams.commands import sites as sites_command
 from streams.logs import limit_repeated_kafka_logs
-from streams.settings import PROJECT_ROOT, Settings, get_settings
+from streams.settings import PROJECT_ROOT, get_settings
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -48,10 +48,10 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _use_configured_allocator(settings: Settings) -> None:
+def _use_configured_allocator(allocator: str) -> None:
     """Re-execute with jemalloc preloaded when configured and installed (see streams.allocator);
     says so on stderr when the process stays on glibc's malloc."""
-    if settings.allocator == "jemalloc":
+    if allocator == "jemalloc":
         used = reexec_with_jemalloc()
         if used != "jemalloc":
             print(f"hashatlas: allocator {used}", file=sys.stderr)
@@ -59,7 +59,7 @@ def _use_configured_allocator(settings: Settings) -> None:
 
 def _compactor(args: argparse.Namespace) -> int:
     settings = get_settings()
-    _use_configured_allocator(settings)
+    _use_configured_allocator(settings.compactor_allocator)
     from streams.metrics import serve_metrics
     from streams.pipeline.compactor import run_compactor
 
@@ -71,7 +71,7 @@ def _compactor(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = get_settings()
-    _use_configured_allocator(settings)
+    _use_configured_allocator(settings.allocator)
     from streams.metrics import serve_metrics
     from streams.pipeline.worker import run_worker
 

@@ -116,9 +116,12 @@ class PipelineSettings(BaseModel):
     shift_min_subdivision_share: float = Field(default=0.02, ge=0.0, le=1.0)
     history_retention_s: float = Field(default=30 * 86400.0, gt=0.0)
     compact_interval_s: float = Field(default=1.0, gt=0.0)
-    #: The compactor and workers re-execute themselves with jemalloc preloaded when it is
-    #: installed: under glibc's malloc a worker's RSS crept up ~0.5 MiB/min with fragmentation.
+    #: Workers re-execute themselves with jemalloc preloaded when it is installed: under
+    #: glibc's malloc a worker's RSS crept up ~0.5 MiB/min with fragmentation (#18).
     allocator: Literal["jemalloc", "system"] = "jemalloc"
+    #: The compactor stays on glibc's malloc: its RSS is flat there, and jemalloc's purging of
+    #: the freed fetch buffers tripled its page faults and cost ~10 % of its CPU (#13).
+    compactor_allocator: Literal["jemalloc", "system"] = "system"
     #: Under glibc, workers hand malloc's free pages back to the system every 30 s
     #: (``malloc_trim``); it lowers RSS by a constant but not the fragmentation's slope.
     malloc_trim: bool = True

@@ -14,18 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # The user's HASHATLAS_* variables describe the user's stack, not the test session's.
 for _name in [name for name in os.environ if name.startswith("HASHATLAS_")]:
     del os.environ[_name]
 TEST_DATA = PROJECT_ROOT / "tests" / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -1,27 +1,24 @@
-"""The compactor and the worker run on jemalloc (HASHATLAS_ALLOCATOR, default) and on glibc's
-malloc when told to: under glibc the worker's RSS crept up with fragmentation (#18)."""
+"""Workers run on jemalloc (HASHATLAS_ALLOCATOR, default: under glibc their RSS crept up with
+fragmentation, #18) and the compactor on glibc's malloc (HASHATLAS_COMPACTOR_ALLOCATOR, default:
+jemalloc's purging of its fetch buffers cost it CPU, #13); each takes the other when told to."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-import pytest
-
 from streams.settings import Settings
-from tests.integration.pipeline_helpers import Compactor, Worker, wait_for, wait_for_log
+from tests.conftest import free_port
+from tests.integration.pipeline_helpers import CliProcess, Compactor, Worker, wait_for
 
 
 def mapped_libraries(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
-@pytest.mark.parametrize("role", ["worker", "compactor"])
-async def test_pipeline_processes_run_on_jemalloc_by_default(
-    isolated_settings: Settings, tmp_path: Path, role: str
-) -> None:
-    assert isolated_settings.allocator == "jemalloc"
-    process = (Worker if role == "worker" else Compactor)(isolated_settings, tmp_path, role)
-    try:  # it re-executes itself with jemalloc preloaded within its first seconds
+async def runs_on_jemalloc(process: CliProcess) -> None:
+    """Wait until the process has re-executed itself with jemalloc preloaded."""
+    try:
         await wait_for(process, lambda: "libjemalloc" in mapped_libraries(process.proc.pid),
                        30.0, "libjemalloc mapped")
         assert "allocator glibc" not in process.log_path.read_text(errors="replace")
@@ -29,13 +26,49 @@ async def test_pipeline_processes_run_on_jemalloc_by_default(
         process.stop()
 
 
+def serving(port: int) -> bool:
+    """The process's metrics port accepts connections: it is past any re-execution."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
+async def stays_on_glibc(process: CliProcess, metrics_port: int) -> None:
+    """Wait until the process serves its metrics, then check jemalloc was never mapped."""
+    try:
+        await wait_for(process, lambda: serving(metrics_port), 60.0, "metrics served")
+        assert "libjemalloc" not in mapped_libraries(process.proc.pid)
+    finally:
+        process.stop()
+
+
+async def test_a_worker_runs_on_jemalloc_by_default(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    assert isolated_settings.allocator == "jemalloc"
+    await runs_on_jemalloc(Worker(isolated_settings, tmp_path, "worker"))
+
+
 async def test_a_worker_told_to_use_the_system_allocator_stays_on_glibc(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
     settings = isolated_settings.model_copy(update={"allocator": "system"})
-    worker = Worker(settings, tmp_path, "worker")
-    try:
-        await wait_for_log(worker, "[^Worker]: Ready", 120.0)
-        assert "libjemalloc" not in mapped_libraries(worker.proc.pid)
-    finally:
-        worker.stop()
+    port = free_port()
+    await stays_on_glibc(Worker(settings, tmp_path, "worker", port), port)
+
+
+async def test_the_compactor_stays_on_glibc_by_default(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    assert isolated_settings.compactor_allocator == "system"
+    port = free_port()
+    await stays_on_glibc(Compactor(isolated_settings, tmp_path, "compactor", port), port)
+
+
+async def test_a_compactor_told_to_use_jemalloc_runs_on_it(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    settings = isolated_settings.model_copy(update={"compactor_allocator": "jemalloc"})
+    await runs_on_jemalloc(Compactor(settings, tmp_path, "compactor"))
