@@ -19,25 +19,19 @@ import time
 from typing import Any
 
 from bench import throughput
-from bench.common import batch_chunks, isolated_run, produce_keyed, region_codes
+from bench.common import isolated_run
 
 
 async def measure(label: str, shares: int, batches: int) -> dict[str, Any]:
-    regions = region_codes(throughput.REGIONS)
     t0 = time.time() - 3600.0
     out: dict[str, Any] = {"label": label, "shares": shares, "batches": batches}
     async with isolated_run("cpus") as run:
-        loaded = await produce_keyed(run.settings, run.settings.topics.shares,
-                                     throughput._share_stream(shares, t0, regions))
+        loaded = await throughput.load_shares(run.settings, shares, t0)
         result = await throughput.hashatlas_single_shares(run, loaded, False)
         out["single_shares"] = {key: result[key] for key in (
             "events_per_s", "compactor_events_per_s", "cpu_us_per_event", "cpu_split_per_event")}
     async with isolated_run("cpub") as run:
-        loaded = await produce_keyed(run.settings, run.settings.topics.compacted_shares,
-                                     batch_chunks(batches, seed=2, t0=t0,
-                                                  rate_hz=throughput.BATCH_RATE_HZ,
-                                                  regions=regions,
-                                                  mean_shares=throughput.MEAN_BATCH_SHARES))
+        loaded = await throughput.load_batches(run.settings, batches, t0)
         result = await throughput.hashatlas_batches(run, loaded, False)
         out["share_batches"] = {key: result[key] for key in (
             "messages_per_s", "cpu_us_per_message")}

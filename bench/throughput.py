@@ -39,7 +39,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -47,7 +46,6 @@ import orjson
 from bench.common import (
     RESULTS_DIR,
     Compactor,
-    EventChunk,
     Loaded,
     Run,
     SnapshotWatcher,
@@ -326,7 +324,6 @@ async def hashatlas_batches(run: Run, loaded: Loaded, profile: bool) -> dict[str
 
 
 async def measure(shares: int, batches: int, naive_max: int, profile: bool) -> dict[str, Any]:
-    regions = region_codes(REGIONS)
     t0 = time.time() - 3600.0
     result: dict[str, Any] = {"setup": {
         "shares": shares, "batches": batches, "regions": REGIONS, "pools": 12,
@@ -340,8 +337,7 @@ async def measure(shares: int, batches: int, naive_max: int, profile: bool) -> d
 
     async with isolated_run("tp") as run:
         settings = run.settings
-        loaded = await produce_keyed(settings, settings.topics.shares, _share_stream(
-            shares, t0, regions))
+        loaded = await load_shares(settings, shares, t0)
         print(f"loaded {loaded.messages:,} shares ({loaded.mean_bytes:.0f} B each) "
               f"in {loaded.seconds:.1f} s", flush=True)
         bare = await bare_ceiling(settings, settings.topics.shares, loaded.messages)
@@ -356,9 +352,7 @@ async def measure(shares: int, batches: int, naive_max: int, profile: bool) -> d
 
     async with isolated_run("tpb") as run:
         settings = run.settings
-        loaded = await produce_keyed(settings, settings.topics.compacted_shares, batch_chunks(
-            batches, seed=2, t0=t0, rate_hz=BATCH_RATE_HZ, regions=regions,
-            mean_shares=MEAN_BATCH_SHARES))
+        loaded = await load_batches(settings, batches, t0)
         print(f"loaded {loaded.messages:,} share_batch events ({loaded.mean_bytes:.0f} B each, "
               f"{loaded.shares:,} shares) in {loaded.seconds:.1f} s", flush=True)
         topic = settings.topics.compacted_shares
@@ -380,9 +374,18 @@ async def measure(shares: int, batches: int, naive_max: int, profile: bool) -> d
     return result
 
 
-def _share_stream(count: int, t0: float, regions: list[str]) -> Iterator[EventChunk]:
-    return share_chunks(count, seed=1, t0=t0, rate_hz=SHARE_RATE_HZ, regions=regions,
-                        workers=WORKERS)
+async def load_shares(settings: Settings, count: int, t0: float) -> Loaded:
+    """Produce the single-share workload (event times from t0) to the raw shares topic."""
+    return await produce_keyed(settings, settings.topics.shares, share_chunks(
+        count, seed=1, t0=t0, rate_hz=SHARE_RATE_HZ, regions=region_codes(REGIONS),
+        workers=WORKERS))
+
+
+async def load_batches(settings: Settings, count: int, t0: float) -> Loaded:
+    """Produce the share_batch workload (event times from t0) to the compacted topic."""
+    return await produce_keyed(settings, settings.topics.compacted_shares, batch_chunks(
+        count, seed=2, t0=t0, rate_hz=BATCH_RATE_HZ, regions=region_codes(REGIONS),
+        mean_shares=MEAN_BATCH_SHARES))
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

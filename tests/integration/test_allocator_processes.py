@@ -4,10 +4,10 @@ jemalloc's purging of its fetch buffers cost it CPU, #13); each takes the other 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from streams.settings import Settings
+from streams.stack.process import port_open
 from tests.conftest import free_port
 from tests.integration.pipeline_helpers import CliProcess, Compactor, Worker, wait_for
 
@@ -26,19 +26,12 @@ async def runs_on_jemalloc(process: CliProcess) -> None:
         process.stop()
 
 
-def serving(port: int) -> bool:
-    """The process's metrics port accepts connections: it is past any re-execution."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-    except OSError:
-        return False
-    return True
-
-
 async def stays_on_glibc(process: CliProcess, metrics_port: int) -> None:
-    """Wait until the process serves its metrics, then check jemalloc was never mapped."""
+    """Wait until the process serves its metrics (it is past any re-execution), then check
+    jemalloc was never mapped."""
     try:
-        await wait_for(process, lambda: serving(metrics_port), 60.0, "metrics served")
+        await wait_for(process, lambda: port_open("127.0.0.1", metrics_port, 1.0), 60.0,
+                       "metrics served")
         assert "libjemalloc" not in mapped_libraries(process.proc.pid)
     finally:
         process.stop()

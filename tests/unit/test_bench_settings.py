@@ -5,13 +5,17 @@ HASHATLAS_ALLOCATOR=system once measured jemalloc without saying so)."""
 from __future__ import annotations
 
 import os
+import pkgutil
 import subprocess
 import sys
 
 from tests.conftest import PROJECT_ROOT
 
-BENCHES = ("run_all", "throughput", "pipeline_cpu", "soak", "freshness", "api_latency",
-           "scaling", "memory")
+BENCHES = sorted(module.name for module in pkgutil.iter_modules([str(PROJECT_ROOT / "bench")]))
+
+
+def test_every_bench_module_is_found() -> None:
+    assert {"run_all", "throughput", "soak", "common"} <= set(BENCHES)
 
 
 def test_importing_every_bench_keeps_the_users_settings() -> None:
