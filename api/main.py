@@ -18,8 +18,8 @@ import logging
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api.deps import redis_lifespan
 from api.fastpath import CurrentEstimateFastPath, GZipExceptPrecompressed
+from api.lifespan import app_lifespan
 from api.metrics import RequestMetrics, RequestMetricsMiddleware
 from api.openapi import API_DESCRIPTION, install_openapi, package_version
 from api.problems import install_problem_handlers
@@ -37,7 +37,7 @@ def create_app(
     """A fresh app bound to ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
     app = FastAPI(title="hashatlas", version=package_version(), description=API_DESCRIPTION,
-                  lifespan=redis_lifespan)
+                  lifespan=app_lifespan)
     request_metrics = RequestMetrics()
     app.state.settings = settings
     app.state.request_metrics = request_metrics
