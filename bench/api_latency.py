@@ -52,6 +52,7 @@ from starlette.responses import Response
 from streams.models.snapshot import EstimateSnapshot
 from streams.rediskeys import RedisKeys
 from tests.integration.api_helpers import make_snapshot, publish_snapshot, region_entry
+from tests.net import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,12 +120,6 @@ def bare_app_factory() -> FastAPI:
 
 
 # ---- processes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_http(url: str, timeout_s: float = 20.0) -> None:
