@@ -36,7 +36,7 @@ def demo_stack(tmp_path: Path) -> Iterator[Settings]:
     settings = Settings(
         kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
         redis_url=f"redis://127.0.0.1:{free_port()}/0", api_port=free_port(),
-        metrics_port_base=free_port(), state_dir=tmp_path / "stack",
+        metrics_port_base=free_port(2), state_dir=tmp_path / "stack",
     )
     yield settings
     stack.stack_down(settings)
