@@ -2,9 +2,9 @@
 
 Every object alive once the app has started (modules, routes, models, the OpenAPI schema) lives
 as long as the process. Left to the collector, each full collection walked all of them: under
-the latency bench's load the API made 9 full collections in 20 s, 53–63 ms each, and every
-request in flight waited through them (its p99 and max latency, not its CPU). Frozen, a full
-collection took 1.1–1.8 ms (`gc.freeze`, measured 2026-12-07; see BENCHMARKS.md, #13). The
+the latency bench's load the longest took 62.8–66.5 ms, and every request in flight waited
+through it (closed-loop max latency 69–72 ms). Frozen, the longest took 1.9–2.0 ms (max latency
+11–13 ms; `python -m bench.api_gc`, 2026-12-07, BENCHMARKS.md "Session 9"). The
 heap is unfrozen at shutdown, so an app started and stopped inside a longer process (the tests)
 leaves nothing beyond the collector's reach.
 """

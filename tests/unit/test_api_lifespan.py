@@ -1,5 +1,5 @@
 """The API freezes its start-up heap while it serves (a full collection of it stalled every
-request in flight for 53–63 ms) and releases it at shutdown."""
+request in flight for up to 66 ms) and releases it at shutdown."""
 
 from __future__ import annotations
 
